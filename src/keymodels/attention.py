@@ -1,0 +1,348 @@
+"""Attention over encoder states, as in the notes, and multi-head attention for the transformer.
+
+At decoder step t with state s_t and encoder states h_1..h_N:
+    e_t = [score(s_t, h_1), ..., score(s_t, h_N)]   scores
+    α_t = softmax(e_t)                               weights
+    a_t = Σ_i α_t,i h_i                              context
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import InvalidInputError, unknown_name
+
+SCORES = ("dot", "general", "concat", "scaled_dot")
+
+
+def _check_score(score: str) -> str:
+    if score == "additive":  # Bahdanau's name for the concat score
+        return "concat"
+    if score not in SCORES:
+        raise unknown_name("attention score", score, (*SCORES, "additive"))
+    return score
+
+
+def _check_shapes(query: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> None:
+    if query.dim() not in (2, 3):
+        raise InvalidInputError(
+            f"query must be [B, D] (one decoder step) or [B, T, D] (all steps); got shape {tuple(query.shape)}"
+        )
+    if keys.dim() != 3:
+        raise InvalidInputError(f"keys must be [B, N, D]; got shape {tuple(keys.shape)}")
+    if values.dim() != 3 or values.shape[:2] != keys.shape[:2]:
+        raise InvalidInputError(
+            f"values must be [B, N, Dv] with the same B, N as keys {tuple(keys.shape[:2])}; "
+            f"got shape {tuple(values.shape)}"
+        )
+    if query.shape[0] != keys.shape[0]:
+        raise InvalidInputError(
+            f"query and keys must have the same batch size; got {query.shape[0]} and {keys.shape[0]}"
+        )
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise InvalidInputError(
+                f"mask must be a bool tensor (True where a position may be attended); got {mask.dtype}"
+            )
+        n = keys.shape[1]
+        expected = [(query.shape[0], n)]
+        if query.dim() == 3:
+            expected.append((query.shape[0], query.shape[1], n))
+        if tuple(mask.shape) not in expected:
+            raise InvalidInputError(
+                f"mask must have shape {' or '.join(map(str, expected))}; got {tuple(mask.shape)}"
+            )
+
+
+def attention_scores(
+    query: Tensor,
+    keys: Tensor,
+    score: str = "dot",
+    *,
+    W: Tensor | None = None,
+    W_s: Tensor | None = None,
+    W_h: Tensor | None = None,
+    v: Tensor | None = None,
+) -> Tensor:
+    """The scores e_t = [score(s_t, h_1), ..., score(s_t, h_N)].
+
+    Args:
+        query: s_t, [B, Dq] or [B, T, Dq].
+        keys: h_1..h_N, [B, N, Dk].
+        score: ``dot`` s_tᵀh_i; ``scaled_dot`` s_tᵀh_i / √Dk; ``general`` s_tᵀ W h_i with
+            W [Dq, Dk] (Luong); ``concat`` vᵀ tanh(W_s s_t + W_h h_i) with W_s [A, Dq],
+            W_h [A, Dk], v [A] (Bahdanau, also called additive).
+
+    Returns:
+        e: [B, N] or [B, T, N].
+    """
+    score = _check_score(score)
+    step = query.dim() == 2
+    q = query.unsqueeze(1) if step else query  # [B, T, Dq]
+    dq, dk = q.shape[-1], keys.shape[-1]
+    if score in ("dot", "scaled_dot"):
+        if dq != dk:
+            raise InvalidInputError(
+                f"the {score!r} score needs query and keys of the same size; got {dq} and {dk}. "
+                "Use score='general' or 'concat', which allow different sizes."
+            )
+        e = q @ keys.transpose(1, 2)
+        if score == "scaled_dot":
+            e = e / math.sqrt(dk)
+    elif score == "general":
+        if W is None or W.shape != (dq, dk):
+            got = None if W is None else tuple(W.shape)
+            raise InvalidInputError(f"the 'general' score needs W of shape {(dq, dk)}; got {got}")
+        e = (q @ W) @ keys.transpose(1, 2)
+    else:
+        if W_s is None or W_h is None or v is None:
+            raise InvalidInputError("the 'concat' score needs W_s [A, Dq], W_h [A, Dk] and v [A]")
+        if (
+            W_s.shape[1] != dq
+            or W_h.shape[1] != dk
+            or not (W_s.shape[0] == W_h.shape[0] == v.shape[0])
+        ):
+            raise InvalidInputError(
+                f"the 'concat' score needs W_s [A, {dq}], W_h [A, {dk}], v [A]; got "
+                f"{tuple(W_s.shape)}, {tuple(W_h.shape)}, {tuple(v.shape)}"
+            )
+        e = _additive(q @ W_s.T, keys @ W_h.T, v)
+    return e.squeeze(1) if step else e
+
+
+def _additive(q_proj: Tensor, k_proj: Tensor, v: Tensor) -> Tensor:
+    """vᵀ tanh(q + k) for every (t, i) pair: q_proj [B, T, A], k_proj [B, N, A] -> [B, T, N]."""
+    return torch.tanh(q_proj.unsqueeze(2) + k_proj.unsqueeze(1)) @ v
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax over the last axis where ``mask`` is True; masked weights are exactly 0.
+
+    A row with every position masked gets all-zero weights (not NaN), so padding-only rows are
+    harmless. ``mask`` broadcasts against ``scores``.
+    """
+    if mask is None:
+        return scores.softmax(dim=-1)
+    # The dtype's smallest value instead of -inf keeps fully masked rows finite; the final
+    # multiply zeroes them and makes every masked weight exactly 0.
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1) * mask
+
+
+def attend(
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor | None = None,
+    score: str = "dot",
+    mask: Tensor | None = None,
+    **score_params: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The notes' attention: α_t = softmax(e_t), a_t = Σ_i α_t,i h_i.
+
+    Args:
+        query: s_t, [B, Dq] for one decoder step or [B, T, Dq] for all steps at once.
+        keys: h_1..h_N, [B, N, Dk].
+        values: what is averaged, [B, N, Dv]; the keys themselves when None.
+        score: one of ``dot``, ``general``, ``concat`` (``additive``), ``scaled_dot``.
+        mask: bool [B, N] or [B, T, N], True where a position may be attended.
+        **score_params: ``W`` for general; ``W_s``, ``W_h``, ``v`` for concat.
+
+    Returns:
+        context a_t, [B, Dv] or [B, T, Dv], and weights α_t, [B, N] or [B, T, N].
+    """
+    values = keys if values is None else values
+    _check_shapes(query, keys, values, mask)
+    e = attention_scores(query, keys, score, **score_params)
+    if mask is not None and mask.dim() == 2 and query.dim() == 3:
+        mask = mask.unsqueeze(1)
+    weights = masked_softmax(e, mask)
+    if query.dim() == 2:
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1), weights
+    return torch.bmm(weights, values), weights
+
+
+class Attention(nn.Module):
+    """Attention of decoder states over encoder states with a learnable score.
+
+    One module serves one decoder step (query [B, Dq]) and all steps at once ([B, T, Dq]).
+    For ``concat`` the keys' projection W_h h_i can be computed once per source sentence with
+    :meth:`project_keys` and passed back as ``keys_proj`` at every step.
+
+    Args:
+        query_dim: size of s_t.
+        key_dim: size of h_i (defaults to ``query_dim``).
+        score: ``dot``, ``general``, ``concat`` (``additive``) or ``scaled_dot``.
+        attn_dim: A, the hidden size of the concat score (defaults to ``query_dim``).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int | None = None,
+        score: str = "dot",
+        attn_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.score = _check_score(score)
+        self.query_dim, self.key_dim = query_dim, key_dim or query_dim
+        if self.score in ("dot", "scaled_dot") and self.query_dim != self.key_dim:
+            raise InvalidInputError(
+                f"the {score!r} score needs query_dim == key_dim; got {self.query_dim} and {self.key_dim}. "
+                "Use score='general' or 'concat' for different sizes."
+            )
+        if self.score == "general":
+            self.W = nn.Parameter(torch.empty(self.query_dim, self.key_dim))
+            nn.init.xavier_uniform_(self.W)
+        elif self.score == "concat":
+            a = attn_dim or self.query_dim
+            self.W_s = nn.Linear(self.query_dim, a, bias=False)
+            self.W_h = nn.Linear(self.key_dim, a, bias=False)
+            self.v = nn.Parameter(torch.empty(a).uniform_(-1 / math.sqrt(a), 1 / math.sqrt(a)))
+
+    def project_keys(self, keys: Tensor) -> Tensor | None:
+        """W_h h_i for the concat score, [B, N, A]; None for the other scores."""
+        return self.W_h(keys) if self.score == "concat" else None
+
+    def forward(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor | None = None,
+        mask: Tensor | None = None,
+        keys_proj: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Returns (context, weights) as :func:`attend`."""
+        if self.score != "concat":
+            params = {"W": self.W} if self.score == "general" else {}
+            return attend(query, keys, values, self.score, mask, **params)
+        values = keys if values is None else values
+        _check_shapes(query, keys, values, mask)
+        if keys_proj is None:
+            keys_proj = self.W_h(keys)
+        step = query.dim() == 2
+        q = query.unsqueeze(1) if step else query
+        e = _additive(self.W_s(q), keys_proj, self.v)  # [B, T, N]
+        if mask is not None and mask.dim() == 2:
+            mask = mask.unsqueeze(1)
+        weights = masked_softmax(e, mask)
+        context = torch.bmm(weights, values)
+        return (context.squeeze(1), weights.squeeze(1)) if step else (context, weights)
+
+    def extra_repr(self) -> str:
+        return f"score={self.score!r}, query_dim={self.query_dim}, key_dim={self.key_dim}"
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017), self or cross.
+
+    Parameters follow timm's ViT layout (``qkv``, ``proj``), which is also the layout of
+    ``torch.nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``), so weights move between
+    all three unchanged. The fused kernel (``F.scaled_dot_product_attention``) runs unless the
+    per-head weights are asked for; the explicit path computes the same output.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise InvalidInputError(
+                f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads}"
+            )
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``x`` to itself, or to ``context`` (cross-attention).
+
+        Args:
+            x: queries, [B, T, D].
+            context: keys/values source, [B, S, D]; ``x`` itself when None.
+            mask: bool [B, S] or [B, T, S], True where a position may be attended.
+            need_weights: also return the per-head weights [B, H, T, S] (explicit path).
+
+        Returns:
+            output [B, T, D] and the weights (None unless ``need_weights``).
+        """
+        if x.dim() != 3:
+            raise InvalidInputError(f"x must be [B, T, D]; got shape {tuple(x.shape)}")
+        B, T, D = x.shape
+        if D != self.qkv.in_features:
+            raise InvalidInputError(
+                f"x has size {D} in its last axis; this module expects {self.qkv.in_features}"
+            )
+        if context is None:
+            qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each [B, H, T, Dh]
+        else:
+            if context.dim() != 3 or context.shape[0] != B or context.shape[2] != D:
+                raise InvalidInputError(
+                    f"context must be [B={B}, S, D={D}]; got shape {tuple(context.shape)}"
+                )
+            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+            b_q, b_kv = (
+                self.qkv.bias.split([D, 2 * D]) if self.qkv.bias is not None else (None, None)
+            )
+            q = self._heads(F.linear(x, w_q, b_q))
+            S = context.shape[1]
+            kv = F.linear(context, w_kv, b_kv).view(B, S, 2, self.num_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        S = k.shape[2]
+        attn_mask, empty_rows = self._prepare_mask(mask, B, T, S)
+
+        if need_weights:
+            scores = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, T, S]
+            weights = masked_softmax(scores, attn_mask)
+            out = self.attn_drop(weights) @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
+            if empty_rows is not None:  # rows with nothing to attend: zeros, as in masked_softmax
+                out = out.masked_fill(empty_rows, 0.0)
+        out = out.transpose(1, 2).reshape(B, T, D)
+        return self.proj_drop(self.proj(out)), weights
+
+    @staticmethod
+    def _prepare_mask(
+        mask: Tensor | None, B: int, T: int, S: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """A [B, 1, T|1, S] bool mask, and (for the fused kernel) where rows are fully masked."""
+        if mask is None:
+            return None, None
+        if mask.dtype != torch.bool or tuple(mask.shape) not in ((B, S), (B, T, S)):
+            raise InvalidInputError(
+                f"mask must be bool of shape {(B, S)} or {(B, T, S)}; got {mask.dtype} {tuple(mask.shape)}"
+            )
+        mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        empty = ~mask.any(-1, keepdim=True)  # [B, 1, T|1, 1]
+        if not empty.any():
+            return mask, None
+        # The fused kernel returns NaN for a row with no allowed position; let such rows attend
+        # everywhere and zero their output afterwards.
+        return mask | empty, empty

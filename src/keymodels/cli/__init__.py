@@ -1,0 +1,55 @@
+"""The ``keymodels`` command line: a thin layer that parses arguments and calls the library.
+
+Each command lives in its own module here with ``add_parser(subparsers)``; errors exit with code 2
+and one line on stderr (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import KeymodelsError
+
+# One module per command (or group of commands); each adds its sub-parsers.
+COMMAND_MODULES = ["models", "demo"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="keymodels", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"keymodels {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("keymodels: interrupted", file=sys.stderr)
+        return 130
+    except (KeymodelsError, ValueError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"keymodels {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,165 @@
+"""Small building blocks shared by the model families: MLP, DropPath, LayerScale, patch embedding.
+
+Also the resampling of learned position embeddings when the patch grid changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import InvalidInputError
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    if len(x) != 2:
+        raise InvalidInputError(f"expected an int or a (height, width) pair; got {x!r}")
+    return (int(x[0]), int(x[1]))
+
+
+class Mlp(nn.Module):
+    """The transformer's feed-forward block: Linear, GELU, Linear (timm's ``Mlp`` layout)."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel scaling of a residual branch (Touvron et al. 2021, CaiT), timm's ``gamma``."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5) -> None:
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), init_values))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into non-overlapping patches and project each to ``embed_dim``.
+
+    A strided convolution is the same as flattening each P×P patch and applying one Linear.
+    Input [B, C, H, W] -> tokens [B, N, D] (or [B, gh, gw, D] with ``flatten=False``).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        strict_img_size: bool = True,
+    ) -> None:
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for side, ps in zip(self.img_size, self.patch_size):
+            if side % ps:
+                raise InvalidInputError(
+                    f"image size {self.img_size} is not divisible by patch size {self.patch_size}; "
+                    "choose an image size that is a multiple of the patch size"
+                )
+        self.grid_size = (
+            self.img_size[0] // self.patch_size[0],
+            self.img_size[1] // self.patch_size[1],
+        )
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size
+        )
+
+    def dynamic_grid(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid (gh, gw) for an input of ``img_size``; errors name the problem."""
+        H, W = img_size
+        ph, pw = self.patch_size
+        if H % ph or W % pw:
+            raise InvalidInputError(
+                f"input of {H}×{W} pixels is not divisible by patch size {ph}×{pw}; "
+                f"resize or crop it to a multiple of the patch size (e.g. {H // ph * ph}×{W // pw * pw})"
+            )
+        return H // ph, W // pw
+
+    def forward(self, x: Tensor, flatten: bool = True) -> Tensor:
+        if x.dim() != 4:
+            raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise InvalidInputError(
+                f"expected {self.in_chans} image channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if self.strict_img_size and tuple(x.shape[2:]) != self.img_size:
+            raise InvalidInputError(
+                f"expected {self.img_size[0]}×{self.img_size[1]} images, got {x.shape[2]}×{x.shape[3]}; "
+                "resize the input, or build the model with dynamic_img_size=True (any size divisible "
+                "by the patch size) or img_size= that size"
+            )
+        self.dynamic_grid(tuple(x.shape[2:]))
+        x = self.proj(x)  # [B, D, gh, gw]
+        return x.flatten(2).transpose(1, 2) if flatten else x.permute(0, 2, 3, 1)
+
+
+def resample_abs_pos_embed(
+    pos_embed: Tensor,
+    new_size: tuple[int, int],
+    old_size: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> Tensor:
+    """Resample learned position embeddings [1, prefix + gh·gw, D] to a new patch grid.
+
+    Same arithmetic as timm's ``resample_abs_pos_embed`` (bicubic, antialiased), so models
+    resized here and in timm agree; prefix (class) tokens are kept as they are.
+    """
+    n = pos_embed.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise InvalidInputError(
+                f"cannot infer the old grid of {n} position embeddings; pass old_size=(gh, gw)"
+            )
+        old_size = (side, side)
+    if old_size[0] * old_size[1] != n:
+        raise InvalidInputError(f"old grid {old_size} does not hold the {n} position embeddings")
+    new_size = to_2tuple(new_size)
+    if tuple(old_size) == new_size:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim, dtype = grid.shape[-1], grid.dtype
+    grid = grid.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
+    return torch.cat([prefix, grid], dim=1)

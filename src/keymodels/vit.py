@@ -1,0 +1,358 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021): image patches as tokens, attention over them.
+
+Module and parameter names follow timm's ``VisionTransformer``, so timm ``vit_*`` weights load as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.init import trunc_normal_
+
+from .attention import MultiHeadAttention
+from .errors import InvalidInputError
+from .layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple
+from .registry import register_model
+
+POOLS = ("token", "avg", "")
+
+
+@dataclass
+class ViTConfig:
+    """Hyper-parameters of a Vision Transformer; defaults are ViT-B/16 at 224 (the paper's base)."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: str = "token"  # "token" (class token), "avg" (mean of patch tokens) or "" (none)
+    fc_norm: bool | None = (
+        None  # norm after pooling instead of before; None: True for "avg", as timm
+    )
+    init_values: float | None = None  # LayerScale init; None: no LayerScale
+    pre_logits_size: int | None = None  # Linear + tanh before the head, as the original JAX models
+    norm_eps: float = 1e-6
+    drop_rate: float = 0.0  # before the head
+    pos_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
+    dynamic_img_size: bool = False  # accept any input size divisible by the patch size
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
+        h, w = to_2tuple(self.img_size)
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+        if self.num_classes < 0:
+            raise InvalidInputError(
+                f"num_classes must be >= 0 (0: no head); got {self.num_classes}"
+            )
+        if h % self.patch_size or w % self.patch_size:
+            raise InvalidInputError(
+                f"img_size {h}×{w} is not divisible by patch_size {self.patch_size}; "
+                f"use e.g. img_size={h // self.patch_size * self.patch_size or self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise InvalidInputError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}; "
+                "each head gets embed_dim // num_heads channels"
+            )
+        if self.global_pool not in POOLS:
+            raise InvalidInputError(f"global_pool must be one of {POOLS}; got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise InvalidInputError(
+                "global_pool='token' needs class_token=True; use global_pool='avg' without a class token"
+            )
+        for name in (
+            "drop_rate",
+            "pos_drop_rate",
+            "attn_drop_rate",
+            "proj_drop_rate",
+            "drop_path_rate",
+        ):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InvalidInputError(f"{name} must be in [0, 1); got {getattr(self, name)}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = to_2tuple(self.img_size)
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(to_2tuple(self.img_size))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown ViT config field(s) {unknown}; valid: {sorted(fields)}"
+            )
+        return cls(**d)
+
+    def macs(self) -> int:
+        """Multiply-accumulates for one image at ``img_size`` (GFLOPs ≈ 2 × MACs / 1e9)."""
+        gh, gw = self.grid_size
+        P, D, N = self.patch_size, self.embed_dim, gh * gw + self.num_prefix_tokens
+        hidden = int(D * self.mlp_ratio)
+        block = N * D * 3 * D + 2 * N * N * D + N * D * D + 2 * N * D * hidden
+        head_in = self.pre_logits_size or D
+        head = (
+            D * self.pre_logits_size if self.pre_logits_size else 0
+        ) + head_in * self.num_classes
+        return gh * gw * P * P * self.in_chans * D + self.depth * block + head
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x: [B, N, D] -> ([B, N, D], per-head weights [B, H, N, N] or None)."""
+        out, weights = self.attn(self.norm1(x), need_weights=need_weights)
+        x = x + self.drop_path1(self.ls1(out))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, learned position embeddings, pre-norm blocks, head.
+
+    ``forward(images)`` gives logits; ``forward_attention(images)`` also gives every block's
+    per-head attention weights from the same forward pass.
+    """
+
+    def __init__(self, config: ViTConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = dataclasses.replace(config or ViTConfig(), **overrides)
+        self.config = config
+        D = self.embed_dim = self.num_features = config.embed_dim
+        self.num_classes = config.num_classes
+        self.global_pool = config.global_pool
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.dynamic_img_size = config.dynamic_img_size
+
+        self.patch_embed = PatchEmbed(
+            config.img_size,
+            config.patch_size,
+            config.in_chans,
+            D,
+            strict_img_size=not config.dynamic_img_size,
+        )
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, D))
+        self.pos_drop = nn.Dropout(config.pos_drop_rate)
+
+        # Stochastic depth grows linearly with depth, as in timm (plain floats work on meta tensors).
+        dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            Block(
+                D,
+                config.num_heads,
+                config.mlp_ratio,
+                config.qkv_bias,
+                config.init_values,
+                config.proj_drop_rate,
+                config.attn_drop_rate,
+                dpr[i],
+                config.norm_eps,
+            )
+            for i in range(config.depth)
+        )
+        use_fc_norm = config.global_pool == "avg" if config.fc_norm is None else config.fc_norm
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps) if use_fc_norm else nn.Identity()
+        if config.pre_logits_size:
+            fc = nn.Linear(D, config.pre_logits_size)
+            self.pre_logits = nn.Sequential(OrderedDict(fc=fc, act=nn.Tanh()))
+            self.num_features = config.pre_logits_size
+        else:
+            self.pre_logits = nn.Identity()
+        self.head_drop = nn.Dropout(config.drop_rate)
+        self.head = (
+            nn.Linear(self.num_features, config.num_classes)
+            if config.num_classes
+            else nn.Identity()
+        )
+
+        self.init_weights()
+        self._register_load_state_dict_pre_hook(self._resample_pos_embed_on_load)
+
+    def init_weights(self) -> None:
+        """As the reference implementations: truncated normal (std .02), zero biases, zero head."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                if name == "head":
+                    nn.init.zeros_(m.weight)
+                else:
+                    trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+
+    # -- input size ---------------------------------------------------------------------------
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Change the native input size, resampling the position embeddings to the new grid."""
+        config = dataclasses.replace(self.config, img_size=to_2tuple(img_size))
+        old = self.patch_embed.grid_size
+        self.patch_embed.img_size = to_2tuple(img_size)
+        self.patch_embed.grid_size = new = config.grid_size
+        self.patch_embed.num_patches = new[0] * new[1]
+        with torch.no_grad():
+            pe = resample_abs_pos_embed(self.pos_embed, new, old, self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(pe)
+        self.config = config
+
+    def _resample_pos_embed_on_load(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # Weights trained at another resolution load by resampling their position grid, as timm
+        # does in its checkpoint filter; anything else that differs is left to load_state_dict.
+        key = prefix + "pos_embed"
+        pe = state_dict.get(key)
+        if pe is None or pe.shape == self.pos_embed.shape or pe.dim() != 3:
+            return
+        if pe.shape[-1] != self.pos_embed.shape[-1]:
+            return
+        state_dict[key] = resample_abs_pos_embed(pe, self.grid_size, None, self.num_prefix_tokens)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        """Patch tokens [B, gh, gw, D] -> tokens with class token and position embedding [B, N, D]."""
+        B, gh, gw, D = x.shape
+        pos_embed = self.pos_embed
+        if (gh, gw) != self.grid_size:
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, (gh, gw), self.grid_size, self.num_prefix_tokens
+            )
+        x = x.reshape(B, gh * gw, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+        return self.pos_drop(x + pos_embed)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] -> normalized tokens [B, N, D]."""
+        x = self._pos_embed(self.patch_embed(x, flatten=False))
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens [B, N, D] -> logits [B, num_classes] (or the pooled features with ``pre_logits``)."""
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = self.pre_logits(self.fc_norm(x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and every block's per-head attention weights, [B, H, N, N] each, in one pass.
+
+        The weights stay in the autograd graph, so gradients with respect to them can be taken.
+        """
+        x = self._pos_embed(self.patch_embed(x, flatten=False))
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, need_weights=True)
+            attentions.append(weights)
+        return self.forward_head(self.norm(x)), attentions
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (zero-initialised) head with ``num_classes`` outputs."""
+        if global_pool is not None:
+            self.config = dataclasses.replace(self.config, global_pool=global_pool)
+            self.global_pool = global_pool
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+
+def _register(name: str, **kwargs: Any) -> None:
+    register_model(name, ViTConfig(**kwargs), VisionTransformer)
+
+
+# The paper's sizes (Dosovitskiy et al. 2021; Ti and S from DeiT, Touvron et al. 2021).
+_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+for _size, _patches in {
+    "tiny": (16,),
+    "small": (16, 32),
+    "base": (16, 32),
+    "large": (16, 32),
+    "huge": (14, 16),
+}.items():
+    for _p in _patches:
+        _register(f"vit_{_size}_patch{_p}_224", patch_size=_p, **_SIZES[_size])
+
+# Small images, sized to train on a laptop CPU: 28×28 grey (MNIST, Fashion-MNIST), 32×32 colour
+# (CIFAR) and 8×8 grey (scikit-learn digits).
+_NANO = dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
+_register(
+    "vit_tiny_patch4_28", img_size=28, patch_size=4, in_chans=1, num_classes=10, **_SIZES["tiny"]
+)
+_register("vit_tiny_patch4_32", img_size=32, patch_size=4, num_classes=10, **_SIZES["tiny"])
+_register("vit_nano_patch4_28", img_size=28, patch_size=4, in_chans=1, num_classes=10, **_NANO)
+_register("vit_nano_patch4_32", img_size=32, patch_size=4, num_classes=10, **_NANO)
+_register("vit_nano_patch2_8", img_size=8, patch_size=2, in_chans=1, num_classes=10, **_NANO)
