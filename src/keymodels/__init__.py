@@ -5,7 +5,9 @@
 
 from .attention import Attention, MultiHeadAttention, attend, attention_scores
 from .errors import InvalidInputError, KeymodelsError
+from .hub import from_pretrained
 from .registry import create_model, get_config, list_models
+from .seq2seq import model as _seq2seq_model  # noqa: F401  (registers the seq2seq configs)
 from .vit import VisionTransformer, ViTConfig
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __all__ = [
     "attend",
     "attention_scores",
     "create_model",
+    "from_pretrained",
     "get_config",
     "list_models",
 ]

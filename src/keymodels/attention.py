@@ -320,10 +320,14 @@ class MultiHeadAttention(nn.Module):
             out = self.attn_drop(weights) @ v
         else:
             weights = None
+            if empty_rows is not None:
+                # The fused kernel returns NaN for a row with no allowed position; let such rows
+                # attend everywhere and zero their output afterwards, as masked_softmax does.
+                attn_mask = attn_mask | empty_rows
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
             )
-            if empty_rows is not None:  # rows with nothing to attend: zeros, as in masked_softmax
+            if empty_rows is not None:
                 out = out.masked_fill(empty_rows, 0.0)
         out = out.transpose(1, 2).reshape(B, T, D)
         return self.proj_drop(self.proj(out)), weights
@@ -332,7 +336,7 @@ class MultiHeadAttention(nn.Module):
     def _prepare_mask(
         mask: Tensor | None, B: int, T: int, S: int
     ) -> tuple[Tensor | None, Tensor | None]:
-        """A [B, 1, T|1, S] bool mask, and (for the fused kernel) where rows are fully masked."""
+        """A [B, 1, T|1, S] bool mask, and where rows are fully masked ([B, 1, T|1, 1] or None)."""
         if mask is None:
             return None, None
         if mask.dtype != torch.bool or tuple(mask.shape) not in ((B, S), (B, T, S)):
@@ -341,8 +345,4 @@ class MultiHeadAttention(nn.Module):
             )
         mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         empty = ~mask.any(-1, keepdim=True)  # [B, 1, T|1, 1]
-        if not empty.any():
-            return mask, None
-        # The fused kernel returns NaN for a row with no allowed position; let such rows attend
-        # everywhere and zero their output afterwards.
-        return mask | empty, empty
+        return mask, (empty if empty.any() else None)

@@ -73,12 +73,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     """Nested state -> JSON-able structure; tensors move to ``tensors`` under their path."""
-    if isinstance(obj, Tensor):
-        tensors[prefix] = obj.detach().cpu().contiguous()
-        return {"__tensor__": prefix}
-    if isinstance(obj, np.ndarray):
-        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj))
-        return {"__ndarray__": prefix}
+    if isinstance(obj, (Tensor, np.ndarray)):
+        # Paths can collide ({"a.b": x, "a": {"b": y}}); the JSON records the key, so any
+        # unique one will do.
+        key = prefix
+        while key in tensors:
+            key += "#"
+        if isinstance(obj, Tensor):
+            tensors[key] = obj.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"__ndarray__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {"__dict__": {k: _flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}}

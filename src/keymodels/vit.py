@@ -167,7 +167,9 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, config: ViTConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        config = dataclasses.replace(config or ViTConfig(), **overrides)
+        config = config or ViTConfig()
+        if overrides:
+            config = ViTConfig.from_dict({**dataclasses.asdict(config), **overrides})
         self.config = config
         D = self.embed_dim = self.num_features = config.embed_dim
         self.num_classes = config.num_classes
@@ -266,22 +268,22 @@ class VisionTransformer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def _pos_embed(self, x: Tensor) -> Tensor:
-        """Patch tokens [B, gh, gw, D] -> tokens with class token and position embedding [B, N, D]."""
-        B, gh, gw, D = x.shape
+    def _embed(self, images: Tensor) -> Tensor:
+        """Images [B, C, H, W] -> tokens with class token and position embedding [B, N, D]."""
+        x = self.patch_embed(images)  # [B, gh·gw, D], a view of the conv output (no copy)
+        grid = self.patch_embed.dynamic_grid(tuple(images.shape[-2:]))
         pos_embed = self.pos_embed
-        if (gh, gw) != self.grid_size:
+        if grid != self.grid_size:
             pos_embed = resample_abs_pos_embed(
-                pos_embed, (gh, gw), self.grid_size, self.num_prefix_tokens
+                pos_embed, grid, self.grid_size, self.num_prefix_tokens
             )
-        x = x.reshape(B, gh * gw, D)
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(x + pos_embed)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images [B, C, H, W] -> normalized tokens [B, N, D]."""
-        x = self._pos_embed(self.patch_embed(x, flatten=False))
+        x = self._embed(x)
         for block in self.blocks:
             x, _ = block(x)
         return self.norm(x)
@@ -304,7 +306,7 @@ class VisionTransformer(nn.Module):
 
         The weights stay in the autograd graph, so gradients with respect to them can be taken.
         """
-        x = self._pos_embed(self.patch_embed(x, flatten=False))
+        x = self._embed(x)
         attentions = []
         for block in self.blocks:
             x, weights = block(x, need_weights=True)
@@ -322,6 +324,12 @@ class VisionTransformer(nn.Module):
         if num_classes:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
+        """Write config.json + model.safetensors (see ``keymodels.hub.save_pretrained``)."""
+        from .hub import save_pretrained  # hub imports this module
+
+        return save_pretrained(self, directory, **kwargs)
 
 
 def _register(name: str, **kwargs: Any) -> None:
@@ -356,3 +364,24 @@ _register("vit_tiny_patch4_32", img_size=32, patch_size=4, num_classes=10, **_SI
 _register("vit_nano_patch4_28", img_size=28, patch_size=4, in_chans=1, num_classes=10, **_NANO)
 _register("vit_nano_patch4_32", img_size=32, patch_size=4, num_classes=10, **_NANO)
 _register("vit_nano_patch2_8", img_size=8, patch_size=2, in_chans=1, num_classes=10, **_NANO)
+
+# The recipes' models (keymodels.data.recipes): plain ViTs, non-overlapping patches, no conv stem.
+# They pool the patch tokens (global_pool="avg", no class token, as timm's avg-pool ViTs): from
+# scratch on small data sets this learns several times faster than a class token (digits: 88% vs
+# 73% after 300 steps).
+_SMALL = dict(in_chans=1, num_classes=10, global_pool="avg", class_token=False, mlp_ratio=2.0)
+_register(
+    "vit_digits_patch2_8", img_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4, **_SMALL
+)
+_register(
+    "vit_fmnist_patch4_28", img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=4, **_SMALL
+)
+_register(
+    "vit_fmnist_s_patch4_28",
+    img_size=28,
+    patch_size=4,
+    embed_dim=128,
+    depth=6,
+    num_heads=4,
+    **_SMALL,
+)

@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import KeymodelsError
 
 # One module per command (or group of commands); each adds its sub-parsers.
-COMMAND_MODULES = ["models", "demo"]
+COMMAND_MODULES = ["models", "demo", "convert", "train", "explain", "seq2seq"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -11,21 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..registry import create_model
+from .explain import demo_part as explain_part
+from .seq2seq import seq2seq_demo_part
+from .train import vit_training_part
 
-
-def vit_part(out: Path) -> None:
-    """A Vision Transformer for 8×8 digits: summary and one forward pass with attention weights."""
-    model = create_model("vit_nano_patch2_8").eval()
-    params = sum(p.numel() for p in model.parameters())
-    images = torch.randn(4, 1, 8, 8)
-    with torch.no_grad():
-        logits, attentions = model.forward_attention(images)
-    print(f"[vit] vit_nano_patch2_8: {params / 1e6:.2f}M parameters, {len(model.blocks)} blocks")
-    print(f"[vit] logits {tuple(logits.shape)}, attention per block {tuple(attentions[0].shape)}")
-
-
-PARTS = [vit_part]
+PARTS = [vit_training_part, explain_part, seq2seq_demo_part]
 
 
 def run(args: argparse.Namespace) -> int:

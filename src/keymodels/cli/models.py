@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<26} {'params':>10} {'GFLOPs':>8}  input")
     for r in rows:
         gflops = "" if r["gflops"] is None else f"{r['gflops']:.3f}"
-        print(f"{r['name']:<26} {r['params'] / 1e6:>9.2f}M {gflops:>8}  {r.get('input', '')}")
+        line = f"{r['name']:<26} {r['params'] / 1e6:>9.2f}M {gflops:>8}  {r.get('input', '')}"
+        print(line.rstrip())
     return 0
 
 

@@ -1,0 +1,363 @@
+"""``keymodels seq2seq train|eval|experiment`` and ``keymodels translate``: RNN encoder-decoders.
+
+Train on a synthetic task (no download) or Multi30k De→En, evaluate a run, translate sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidInputError
+from ..seq2seq.data import SYNTHETIC_TASKS, TASKS, download_multi30k, read_lines
+from ..seq2seq.train import TrainConfig, evaluate, load_run, load_task, train
+
+SCORE_CHOICES = ("dot", "general", "concat", "scaled_dot", "none")
+
+
+def _default_model(task: str, attention: str) -> str:
+    size = "small" if task in SYNTHETIC_TASKS else "multi30k"
+    return f"seq2seq_gru_{'plain' if attention == 'none' else 'attn'}_{size}"
+
+
+def _print_row(row: dict) -> None:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    print("  ".join(parts), flush=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    if args.download:
+        download_multi30k(args.data_dir)
+    tc = TrainConfig(
+        task=args.task,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clip=args.clip,
+        teacher_forcing=args.teacher_forcing,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        max_len=args.max_len,
+        too_long=args.too_long,
+        num_workers=args.workers,
+        max_minutes=args.max_minutes,
+        train_size=args.train_size,
+        min_len=args.min_length,
+        len_max=args.max_length,
+        num_symbols=args.symbols,
+        data_dir=args.data_dir,
+        min_freq=args.min_freq,
+        lowercase=args.lowercase,
+    )
+    overrides = {
+        "attention": args.attention,
+        "style": args.style,
+        "input_feeding": args.input_feeding,
+        "rnn": args.rnn,
+        "bidirectional": args.bidirectional,
+    }
+    for key in ("emb_dim", "hidden_dim", "dropout"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.layers is not None:
+        overrides["num_layers"] = args.layers
+    name = args.model or _default_model(args.task, args.attention)
+    start = time.perf_counter()
+    summary = train(
+        name,
+        tc,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        on_epoch=_print_row,
+        **overrides,
+    )
+    print(
+        f"trained {name} on {tc.task} in {time.perf_counter() - start:.0f} s; best validation "
+        f"{'accuracy' if tc.synthetic else 'BLEU'} {summary['best']:.2f}; checkpoints in {args.out}"
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    run = load_run(args.run)
+    tc = run.train_config
+    if args.data_dir:
+        tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": args.data_dir})
+    from ..seq2seq.data import TranslationDataset
+
+    pairs = load_task(tc, args.split)
+    data = TranslationDataset(
+        pairs, run.src_vocab, run.tgt_vocab, run.model.config.max_len, "truncate"
+    )
+    result = evaluate(
+        run.model, data, run.tgt_vocab, tc.synthetic, beam=args.beam, alpha=args.alpha
+    )
+    result.update({"task": tc.task, "split": args.split, "run": str(args.run)})
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    key = "accuracy" if tc.synthetic else "bleu"
+    label = "sequence accuracy (%)" if tc.synthetic else "BLEU"
+    print(f"{tc.task} {args.split}: {result['n']} sentences, beam {args.beam}")
+    print(f"loss {result['loss']:.4f}  perplexity {result['ppl']:.3f}  {label} {result[key]:.2f}")
+    print(f"{'source length':>14} {'n':>6} {label:>22}")
+    for row in result["by_length"]:
+        print(f"{row['length']:>14} {row['n']:>6} {row[key]:>22.2f}")
+    return 0
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    from ..seq2seq.experiment import attention_heatmap
+    from ..seq2seq.translate import translate
+
+    if (args.sentence is None) == (args.file is None):
+        raise InvalidInputError("give one sentence or --file FILE (not both, not neither)")
+    run = load_run(args.run)
+    if args.show_attention and not run.model.has_attention:
+        raise InvalidInputError(
+            f"--show-attention: {args.run} was trained without attention (--attention none); "
+            "there are no weights to show"
+        )
+    if args.file is not None:
+        lines = read_lines(args.file)
+        keep = [i for i, line in enumerate(lines) if line.strip()]
+        if len(keep) < len(lines):
+            print(
+                f"note: {len(lines) - len(keep)} empty line(s) in {args.file} left empty in the output",
+                file=sys.stderr,
+            )
+        sentences = [lines[i] for i in keep]
+    else:
+        lines, keep, sentences = [args.sentence], [0], [args.sentence]
+    results = translate(
+        run, sentences, beam=args.beam, alpha=args.alpha, n_best=args.n_best, too_long=args.too_long
+    )
+    by_line = dict(zip(keep, results))
+    for i in range(len(lines)):
+        t = by_line.get(i)
+        if t is None:
+            print("")
+            continue
+        if t.unknown:
+            print(
+                f"note: line {i + 1}: unknown word(s) mapped to <unk>: {' '.join(t.unknown)}",
+                file=sys.stderr,
+            )
+        if t.truncated:
+            print(
+                f"warning: line {i + 1} truncated to {len(t.source_tokens)} tokens", file=sys.stderr
+            )
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "source": t.source,
+                        "translation": t.text,
+                        "score": t.score,
+                        "unknown": t.unknown,
+                        "truncated": t.truncated,
+                        "alternatives": t.alternatives,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            print(t.text)
+            for text, score in t.alternatives:
+                print(f"  alt ({score:.3f}): {text}")
+    if args.show_attention:
+        out = Path(args.show_attention)
+        for n, (i, t) in enumerate(by_line.items()):
+            path = out if len(by_line) == 1 else out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
+            attention_heatmap(run, " ".join(t.source_tokens), path, f"line {i + 1}", beam=args.beam)
+            if n == 0 or len(by_line) == 1:
+                print(f"attention heatmap written to {path}", file=sys.stderr)
+    return 0
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from ..seq2seq.experiment import length_experiment, multi30k_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.multi30k:
+        report = multi30k_report(*args.multi30k, args.out, beam=args.beam)
+        print(f"{'':<10} {'test BLEU':>9} {'perplexity':>10}")
+        for k, r in report.items():
+            print(f"{k:<10} {r['bleu']:>9.2f} {r['ppl']:>10.2f}")
+        print(f"{'source length':>14} {'n':>5} {'plain BLEU':>11} {'attention BLEU':>15}")
+        for p, a in zip(report["plain"]["by_length"], report["attention"]["by_length"]):
+            print(f"{p['length']:>14} {p['n']:>5} {p['bleu']:>11.2f} {a['bleu']:>15.2f}")
+        print(f"bleu_vs_length.png, attention heatmaps and multi30k_report.json in {args.out}")
+        return 0
+    result = length_experiment(
+        args.out,
+        task=args.task,
+        train_lengths=(args.min_length, args.max_length),
+        epochs=args.epochs,
+        train_size=args.train_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        on_epoch=lambda label, row: _print_row({"model": label, **row}),
+    )
+    _print_length_table(result)
+    print(f"plots and length_experiment.json in {args.out}")
+    return 0
+
+
+def _print_length_table(result: dict) -> None:
+    print("length  plain acc %  attention acc %  ‖∂L/∂x₁‖ untrained: plain  attention")
+    p, a = result["plain"], result["attention"]
+    for k, row in enumerate(p["accuracy"]):
+        print(
+            f"{row['length']:>6} {row['accuracy']:>12.1f} {a['accuracy'][k]['accuracy']:>16.1f} "
+            f"{p['grad_norm_init'][k]['grad_norm']:>26.2e} {a['grad_norm_init'][k]['grad_norm']:>10.2e}"
+        )
+
+
+def seq2seq_demo_part(out: Path) -> None:
+    """Plain vs attention encoder-decoder on the copy task: accuracy by input length, heatmap."""
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny RNN steps: one thread is faster, and fair to other parts
+    try:
+        result = _demo_experiment(out)
+    finally:
+        torch.set_num_threads(threads)
+    print(
+        f"[seq2seq] copy task, plain vs attention GRU encoder-decoder ({time.perf_counter() - start:.0f} s)"
+    )
+    _print_length_table(result)
+    print(f"[seq2seq] attention heatmap: {out / 'seq2seq' / 'attention_example.png'}")
+
+
+def _demo_experiment(out: Path) -> dict:
+    """Small enough for the demo's budget, long enough inputs for the plain model to fail."""
+    from ..seq2seq.experiment import length_experiment
+
+    return length_experiment(
+        out / "seq2seq",
+        task="copy",
+        train_lengths=(2, 16),
+        test_lengths=[2, 4, 6, 8, 10, 12, 14, 16],
+        epochs=6,
+        train_size=8000,
+        num_symbols=10,
+        progress=False,
+        emb_dim=32,
+        hidden_dim=64,
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("seq2seq", help="train/evaluate RNN encoder-decoders", description=__doc__)
+    ss = p.add_subparsers(dest="seq2seq_command", metavar="ACTION", parser_class=type(p))
+
+    t = ss.add_parser("train", help="train a model on a synthetic task or Multi30k")
+    t.add_argument("--task", choices=TASKS, default="reverse")
+    t.add_argument(
+        "--attention",
+        choices=SCORE_CHOICES,
+        default="concat",
+        help="score, or none for the plain model",
+    )
+    t.add_argument("--style", choices=("bahdanau", "luong"), default="bahdanau")
+    t.add_argument(
+        "--input-feeding",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Luong input feeding (slower: steps run one at a time)",
+    )
+    t.add_argument("--rnn", choices=("gru", "lstm"), default="gru")
+    t.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument(
+        "--model", help="registered config to start from (default by task and attention)"
+    )
+    t.add_argument("--emb-dim", type=int)
+    t.add_argument("--hidden-dim", type=int)
+    t.add_argument("--layers", type=int)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+    t.add_argument("--teacher-forcing", type=float, default=1.0, help="teacher forcing ratio")
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-len", type=int, default=50, help="longest training sentence (tokens)")
+    t.add_argument("--too-long", choices=("truncate", "drop", "error"), default="truncate")
+    t.add_argument("--train-size", type=int, default=10000, help="synthetic tasks: training pairs")
+    t.add_argument("--min-length", type=int, default=3, help="synthetic tasks: shortest input")
+    t.add_argument("--max-length", type=int, default=12, help="synthetic tasks: longest input")
+    t.add_argument("--symbols", type=int, default=20, help="synthetic tasks: alphabet size")
+    t.add_argument("--data-dir", default="../shared/data/multi30k", help="Multi30k raw files")
+    t.add_argument(
+        "--download", action="store_true", help="download Multi30k into --data-dir first"
+    )
+    t.add_argument("--min-freq", type=int, default=2, help="translation: rarer words become <unk>")
+    t.add_argument("--lowercase", action="store_true")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: one RNN step is too small to split, and extra "
+        "threads only spin on a busy machine)",
+    )
+    t.add_argument("--max-minutes", type=float, help="stop after the epoch that would overrun this")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--out", required=True, help="run directory")
+    t.set_defaults(func=run_train)
+
+    e = ss.add_parser("eval", help="loss, perplexity, accuracy/BLEU (by length) of a run")
+    e.add_argument("run", help="run directory or checkpoint file")
+    e.add_argument("--split", choices=("val", "test"), default="test")
+    e.add_argument("--beam", type=int, default=1)
+    e.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
+    e.add_argument("--data-dir", help="Multi30k folder (default: the one used in training)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=run_eval)
+
+    x = ss.add_parser("experiment", help="plain vs attention against input length (plots)")
+    x.add_argument("--task", choices=SYNTHETIC_TASKS, default="copy")
+    x.add_argument("--min-length", type=int, default=2)
+    x.add_argument("--max-length", type=int, default=20)
+    x.add_argument("--epochs", type=int, default=6)
+    x.add_argument("--train-size", type=int, default=12000)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    x.add_argument(
+        "--multi30k",
+        nargs=2,
+        metavar=("PLAIN_RUN", "ATTENTION_RUN"),
+        help="instead: BLEU by source length of two trained Multi30k runs on test2016",
+    )
+    x.add_argument("--beam", type=int, default=5, help="with --multi30k")
+    x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=run_experiment)
+
+    tr = sub.add_parser(
+        "translate", help="translate a sentence or a file with a trained seq2seq run"
+    )
+    tr.add_argument("run", help="run directory or checkpoint file")
+    tr.add_argument("sentence", nargs="?")
+    tr.add_argument("--file", help="one sentence per line (UTF-8)")
+    tr.add_argument("--beam", type=int, default=5)
+    tr.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
+    tr.add_argument("--n-best", type=int, default=1)
+    tr.add_argument("--too-long", choices=("error", "truncate"), default="error")
+    tr.add_argument("--show-attention", metavar="PNG", help="write the attention heatmap here")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=run_translate)

@@ -1,0 +1,275 @@
+"""Lossless ViT weight conversion between keymodels, timm, Hugging Face, torchvision and Google JAX.
+
+``load(src, "hf")`` reads a file or directory into a keymodels ``VisionTransformer``;
+``save(model, dst, "torchvision")`` writes it out; ``convert(src, dst, "jax", "hf")`` does both.
+One small module per format maps names and layouts; the config is read from the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import InvalidInputError, unknown_name
+from ..layers import to_2tuple
+from ..vit import VisionTransformer
+from . import hf, jax, timm, torchvision
+from ._common import (
+    ConversionError,
+    ConversionReport,
+    build,
+    is_training_checkpoint,
+    read_weights,
+    write_dir,
+    write_weights,
+)
+
+FORMATS = ("keymodels", "timm", "hf", "torchvision", "jax")
+_NAMES = {
+    "keymodels": "keymodels",
+    "timm": "timm",
+    "hf": "Hugging Face",
+    "torchvision": "torchvision",
+    "jax": "JAX .npz",
+}
+
+__all__ = [
+    "FORMATS",
+    "ConversionError",
+    "ConversionReport",
+    "convert",
+    "from_keymodels",
+    "load",
+    "save",
+    "to_keymodels",
+]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise unknown_name("weights format", fmt, FORMATS)
+
+
+def to_keymodels(
+    state: dict[str, Tensor],
+    fmt: str,
+    *,
+    hf_config: dict[str, Any] | None = None,
+    model: str | None = None,
+    num_heads: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> tuple[VisionTransformer, ConversionReport]:
+    """A state dict in format ``fmt`` -> a keymodels ``VisionTransformer`` (eval mode) and a report.
+
+    Args:
+        state: the source's tensors by name (for ``"jax"``, the ``.npz`` arrays as tensors).
+        fmt: ``"timm"``, ``"hf"``, ``"torchvision"`` or ``"jax"`` (``"keymodels"`` = timm layout).
+        hf_config: the ``config.json`` dict of a Hugging Face checkpoint (required for ``"hf"``).
+        model: architecture name (registered, timm or torchvision) giving the head count for bare
+            timm / torchvision state dicts.
+        num_heads: the head count directly, instead of ``model``.
+        img_size: resample the position embeddings to this input size.
+        **overrides: ViTConfig fields the weights cannot show (``global_pool``, ``norm_eps``).
+    """
+    _check_format(fmt)
+    if fmt in ("timm", "keymodels"):
+        sd, config, notes = timm.to_keymodels(state, model, num_heads, **overrides)
+    elif fmt == "torchvision":
+        sd, config, notes = torchvision.to_keymodels(state, model, num_heads, **overrides)
+    elif fmt == "hf":
+        if hf_config is None:
+            raise InvalidInputError("Hugging Face weights need their config.json (hf_config=)")
+        sd, config, notes = hf.to_keymodels(state, hf_config)
+    else:
+        sd, config, notes = jax.to_keymodels(state)
+    vit = build(config, sd, _NAMES[fmt])
+    report = ConversionReport(_NAMES[fmt], "keymodels", len(sd), notes=notes)
+    if img_size is not None and to_2tuple(img_size) != to_2tuple(config.img_size):
+        old = vit.grid_size
+        vit.set_input_size(img_size)
+        report.notes.append(f"position embeddings resampled from a {old} to a {vit.grid_size} grid")
+    report.config = vit.config.to_dict()
+    if fmt == "hf":
+        report.class_names = hf.class_names(hf_config, config.num_classes)
+    return vit, report
+
+
+def from_keymodels(
+    model: VisionTransformer, fmt: str, class_names: list[str] | None = None
+) -> dict[str, Tensor]:
+    """A keymodels model's weights in format ``fmt`` (for ``"hf"``: use :func:`save`, which adds
+    the config.json)."""
+    _check_format(fmt)
+    if fmt in ("timm", "keymodels"):
+        return timm.from_keymodels(model)
+    if fmt == "torchvision":
+        return torchvision.from_keymodels(model)
+    if fmt == "hf":
+        return hf.from_keymodels(model, class_names)[0]
+    return jax.from_keymodels(model)
+
+
+def _hf_weights(directory: Path) -> dict[str, Tensor]:
+    """The tensors of a Hugging Face directory: one or sharded safetensors, or a .bin file."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, Tensor] = {}
+        for name in files:
+            state.update(read_weights(directory / name))
+        return state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return read_weights(directory / name)
+    raise ConversionError(
+        f"{directory} holds no model.safetensors or pytorch_model.bin; is it a save_pretrained directory?"
+    )
+
+
+def load(
+    src: str | os.PathLike,
+    fmt: str,
+    *,
+    model: str | None = None,
+    num_heads: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> tuple[VisionTransformer, ConversionReport]:
+    """Read weights in format ``fmt`` from a file or directory into a keymodels model.
+
+    ``src`` is a ``.safetensors`` / ``.pth`` file (timm, torchvision), an ``.npz`` (jax), or a
+    ``save_pretrained`` directory (hf, keymodels, and timm Hub directories with ``config.json``).
+    See :func:`to_keymodels` for the other arguments.
+    """
+    _check_format(fmt)
+    src = Path(src)
+    if not src.exists():
+        raise InvalidInputError(f"no file or directory at {src}")
+    if fmt == "keymodels" and (
+        is_training_checkpoint(src) or (src.is_dir() and not (src / "config.json").exists())
+    ):
+        from ..train import load_trained  # a run folder or checkpoint of `keymodels train`
+
+        vit, info = load_trained(src)
+        report = ConversionReport("keymodels run", "keymodels", len(vit.state_dict()))
+        report.config, report.class_names = vit.config.to_dict(), info["class_names"]
+        report.preprocessing = {"mean": info["mean"], "std": info["std"]}
+        report.notes.append(f"weights of {info['checkpoint']} (epoch {info.get('epoch')})")
+        if img_size is not None and to_2tuple(img_size) != to_2tuple(vit.config.img_size):
+            vit.set_input_size(img_size)
+            report.config = vit.config.to_dict()
+        return vit, report
+    if fmt == "keymodels" and src.is_dir():
+        from ..hub import load_pretrained  # the hub module reads other formats through this one
+
+        vit, info = load_pretrained(src, img_size=img_size)
+        report = ConversionReport("keymodels", "keymodels", len(vit.state_dict()), notes=info.notes)
+        report.config, report.class_names = vit.config.to_dict(), info.class_names
+        report.preprocessing = info.preprocessing
+        return vit, report
+    hf_config = None
+    if src.is_dir():
+        config_path = src / "config.json"
+        if not config_path.is_file():
+            raise ConversionError(
+                f"{src} is a directory without config.json; pass the weights file"
+            )
+        hub_config = json.loads(config_path.read_text())
+        if fmt == "hf":
+            hf_config = hub_config
+        elif fmt == "timm" and model is None:
+            model = hub_config.get("architecture")  # timm's Hub config names the architecture
+        state = _hf_weights(src)
+    elif fmt == "hf":
+        raise ConversionError(
+            f"Hugging Face weights come as a directory with config.json, not {src}"
+        )
+    elif fmt == "jax":
+        state = jax.read_npz(src)
+    else:
+        state = read_weights(src)
+    vit, report = to_keymodels(
+        state,
+        fmt,
+        hf_config=hf_config,
+        model=model,
+        num_heads=num_heads,
+        img_size=img_size,
+        **overrides,
+    )
+    processor = src / "preprocessor_config.json"
+    if fmt == "hf" and processor.is_file():
+        report.preprocessing = hf.preprocessing(json.loads(processor.read_text()))
+    return vit, report
+
+
+def save(
+    model: VisionTransformer,
+    dst: str | os.PathLike,
+    fmt: str,
+    class_names: list[str] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> ConversionReport:
+    """Write ``model`` in format ``fmt``: a weights file (timm, torchvision: ``.safetensors`` or
+    ``.pth``; jax: ``.npz``) or a directory (hf, keymodels). Nothing is half-written.
+
+    ``class_names`` and ``preprocessing`` (``mean``, ``std``) go where the format has a place
+    for them: keymodels' config.json, transformers' ``id2label`` and ``preprocessor_config.json``.
+    """
+    _check_format(fmt)
+    dst = Path(dst)
+    n = len(model.state_dict())
+    if fmt == "keymodels":
+        from ..hub import save_pretrained
+
+        save_pretrained(model, dst, class_names=class_names, preprocessing=preprocessing)
+    elif fmt == "hf":
+        state, hf_config = hf.from_keymodels(model, class_names)
+        files = {
+            "model.safetensors": lambda p: write_weights(p, state, {"format": "pt"}),
+            "config.json": lambda p: p.write_text(json.dumps(hf_config, indent=2) + "\n"),
+        }
+        processor = hf.image_processor(model, preprocessing or {})
+        if processor:
+            files["preprocessor_config.json"] = lambda p: p.write_text(
+                json.dumps(processor, indent=2)
+            )
+        write_dir(dst, files)
+    elif fmt == "jax":
+        if dst.suffix != ".npz":
+            raise InvalidInputError(f"JAX weights are written as .npz; got {dst}")
+        jax.write_npz(dst, jax.from_keymodels(model))
+    else:
+        write_weights(dst, from_keymodels(model, fmt))
+    report = ConversionReport("keymodels", _NAMES[fmt], n)
+    report.config = model.config.to_dict()
+    if fmt in ("timm", "torchvision", "jax") and model.config.norm_eps != 1e-6:
+        report.notes.append(
+            f"{_NAMES[fmt]} models use LayerNorm eps 1e-6; this one has {model.config.norm_eps:g}, "
+            "so logits there can differ slightly (build the target with the same eps to avoid it)"
+        )
+    return report
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    from_format: str,
+    to_format: str,
+    *,
+    model: str | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    class_names: list[str] | None = None,
+    **overrides: Any,
+) -> ConversionReport:
+    """Read ``src`` in ``from_format`` and write ``dst`` in ``to_format``; returns what was mapped."""
+    vit, report = load(src, from_format, model=model, img_size=img_size, **overrides)
+    names = class_names or report.class_names
+    out = save(vit, dst, to_format, class_names=names, preprocessing=report.preprocessing)
+    report.target, report.notes = out.target, report.notes + out.notes
+    return report

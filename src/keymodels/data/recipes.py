@@ -1,0 +1,129 @@
+"""Training recipes: per data set, a small-image ViT config, its augmentation and its schedule.
+
+``get_recipe(name, **overrides)`` returns one; ``keymodels train --recipe NAME`` runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidInputError, unknown_name
+from ..registry import list_models
+from .transforms import Augment
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs besides the data location and the output folder."""
+
+    name: str
+    dataset: str  # one of keymodels.data.DATASETS
+    model: str  # a registered model name (keymodels models)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"drop_path_rate": 0.1}
+    img_size: int | None = None  # None: the model's; images are resized when it differs
+    in_chans: int | None = None  # None: the data set's (1 grey, 3 colour)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-5  # end of the cosine
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05  # AdamW, decoupled; never on norms, biases, embeddings
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0  # max global grad norm; 0: off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    augment: Augment = field(default_factory=Augment)
+    workers: int = 0  # DataLoader worker processes (decoding image files wants 2 or more)
+    val_fraction: float = 0.1  # image folders without train/ and val/: share held out
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = Augment(**self.augment)
+        if self.model not in list_models():
+            raise unknown_name("model", self.model, list_models())
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise InvalidInputError("lr must be > 0; min_lr, warmup_epochs, weight_decay >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema < 1.0:
+            raise InvalidInputError("label_smoothing and ema must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        return cls(**{**d, "augment": Augment(**d.get("augment", {}))})
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            name="digits", dataset="digits", model="vit_digits_patch2_8",
+            # No crop: a one-pixel shift of an 8×8 digit is a large distortion (96.7% vs 98.3%).
+            epochs=60, batch_size=64, lr=3e-3, warmup_epochs=3, weight_decay=0.05,
+            augment=Augment(),
+        ),
+        Recipe(
+            name="fashion-mnist", dataset="fashion-mnist", model="vit_fmnist_patch4_28",
+            epochs=12, batch_size=128, lr=2e-3, warmup_epochs=1,
+            augment=Augment(crop_padding=2, hflip=True),
+        ),
+        Recipe(
+            name="fashion-mnist-long", dataset="fashion-mnist", model="vit_fmnist_s_patch4_28",
+            epochs=60, batch_size=128, lr=1.5e-3, warmup_epochs=3, ema=0.9998,
+            model_overrides={"drop_path_rate": 0.1},
+            augment=Augment(crop_padding=2, hflip=True, auto_augment="trivial", random_erasing=0.25),
+        ),
+        Recipe(
+            name="mnist", dataset="mnist", model="vit_fmnist_patch4_28",
+            epochs=10, batch_size=128, lr=2e-3, augment=Augment(crop_padding=2),
+        ),
+        Recipe(
+            name="cifar10", dataset="cifar10", model="vit_nano_patch4_32",
+            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2,
+            model_overrides={"drop_path_rate": 0.1},
+            augment=Augment(crop_padding=4, hflip=True, auto_augment="trivial",
+                            random_erasing=0.25, mixup=0.8, cutmix=1.0),
+        ),
+        Recipe(
+            name="cifar100", dataset="cifar100", model="vit_nano_patch4_32",
+            model_overrides={"num_classes": 100, "drop_path_rate": 0.1},
+            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2,
+            augment=Augment(crop_padding=4, hflip=True, auto_augment="trivial",
+                            random_erasing=0.25, mixup=0.8, cutmix=1.0),
+        ),
+        Recipe(
+            name="imagefolder", dataset="imagefolder", model="vit_nano_patch4_32",
+            epochs=50, batch_size=64, lr=1e-3, warmup_epochs=3, workers=2,
+            model_overrides={"drop_path_rate": 0.1},
+            augment=Augment(random_resized_crop=0.35, hflip=True, auto_augment="trivial",
+                            random_erasing=0.25),
+        ),
+    ]
+}  # fmt: skip
+
+
+def list_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """The recipe called ``name`` with ``overrides`` (any :class:`Recipe` field; ``augment`` a dict)."""
+    if name not in RECIPES:
+        raise unknown_name("recipe", name, RECIPES)
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise InvalidInputError(
+            f"unknown recipe field(s) {bad}; valid: {', '.join(sorted(fields))}"
+        )
+    d = RECIPES[name].to_dict()
+    if isinstance(overrides.get("augment"), dict):
+        overrides["augment"] = {**d["augment"], **overrides["augment"]}
+    return Recipe.from_dict({**d, **overrides})

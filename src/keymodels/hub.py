@@ -1,0 +1,209 @@
+"""Save and load models like the Hugging Face Hub: a directory of config.json + model.safetensors.
+
+``from_pretrained`` also reads transformers and timm directories, and Hub repo ids through
+``huggingface_hub`` (its cache when offline). Loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .convert import ConversionError, load
+from .convert._common import build, read_weights, write_dir, write_weights
+from .errors import InvalidInputError, KeymodelsError
+from .layers import to_2tuple
+from .vit import VisionTransformer, ViTConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "keymodels_vit"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class HubError(KeymodelsError):
+    """A repo id that cannot be resolved: not cached while offline, unknown, or unreachable."""
+
+
+@dataclass
+class LoadInfo:
+    """What :func:`load_pretrained` found besides the weights."""
+
+    source: str
+    class_names: list[str] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    head_reinitialized: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def save_pretrained(
+    model: VisionTransformer,
+    directory: str | os.PathLike,
+    class_names: list[str] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json`` (config, class names, preprocessing) and ``model.safetensors``.
+
+    Args:
+        model: the model to save.
+        directory: created if missing; files are written under temporary names and renamed.
+        class_names: one name per output class, in order.
+        preprocessing: how inputs were prepared, e.g. ``{"mean": [...], "std": [...]}``;
+            ``input_size`` [C, H, W] is always recorded.
+    """
+    from . import __version__  # here: the package imports this module while it initialises
+
+    c = model.config
+    if class_names is not None and len(class_names) != c.num_classes:
+        raise InvalidInputError(
+            f"{len(class_names)} class names given for a model with {c.num_classes} classes"
+        )
+    h, w = to_2tuple(c.img_size)
+    config = {
+        "model_type": MODEL_TYPE,
+        "keymodels_version": __version__,
+        "config": c.to_dict(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocessing": {"input_size": [c.in_chans, h, w], **(preprocessing or {})},
+    }
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return write_dir(
+        directory,
+        {
+            WEIGHTS_NAME: lambda p: write_weights(p, state, {"format": "pt"}),
+            CONFIG_NAME: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
+        },
+    )
+
+
+def _is_repo_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def resolve(
+    dir_or_repo_id: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+) -> Path:
+    """A local directory holding config.json and the weights: the path itself, or the Hub
+    snapshot of a repo id (downloaded when online, from the cache with ``HF_HUB_OFFLINE=1``)."""
+    path = Path(dir_or_repo_id)
+    if path.is_dir():
+        return path
+    name = str(dir_or_repo_id)
+    if path.exists() or not _is_repo_id(name):
+        raise InvalidInputError(
+            f"{name} is neither a save_pretrained directory nor a Hub repo id ('owner/name')"
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError as e:
+        raise HubError(
+            f"loading the Hub repo {name!r} needs huggingface_hub: pip install 'keymodels[hub]'"
+        ) from e
+    offline = _offline()
+    kw = dict(repo_id=name, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+    try:
+        config = hf_hub_download(filename=CONFIG_NAME, **kw)
+        for weights in (WEIGHTS_NAME, "pytorch_model.bin"):
+            try:
+                hf_hub_download(filename=weights, **kw)
+                break
+            except EntryNotFoundError:
+                if weights != WEIGHTS_NAME:
+                    raise
+    except Exception as e:
+        if offline:
+            raise HubError(
+                f"Hub repo {name!r} is not in the local cache and HF_HUB_OFFLINE=1 forbids "
+                "downloading it; download it once with network access (e.g. `hf download "
+                f"{name}`), unset HF_HUB_OFFLINE, or pass a local directory"
+            ) from e
+        raise HubError(
+            f"{name!r} is no local directory, and fetching it from the Hugging Face Hub failed: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+    return Path(config).parent
+
+
+def load_pretrained(
+    dir_or_repo_id: str | os.PathLike,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[VisionTransformer, LoadInfo]:
+    """:func:`from_pretrained`, also returning what else the directory holds (:class:`LoadInfo`)."""
+    directory = resolve(dir_or_repo_id, revision, cache_dir)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise InvalidInputError(
+            f"{directory} has no {CONFIG_NAME}; is it a save_pretrained directory?"
+        )
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"{config_path} is not valid JSON ({e})") from e
+    info = LoadInfo(source=str(dir_or_repo_id))
+    if meta.get("model_type") == MODEL_TYPE:
+        if not isinstance(meta.get("config"), dict):
+            raise InvalidInputError(f"{config_path} has no 'config' object with the ViT fields")
+        config = ViTConfig.from_dict(meta["config"])
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ConversionError(f"{directory} has no {WEIGHTS_NAME}")
+        model = build(config, read_weights(weights), "keymodels")
+        info.class_names = meta.get("class_names")
+        info.preprocessing = meta.get("preprocessing") or {}
+    elif meta.get("model_type") == "vit":  # a transformers directory
+        model, report = load(directory, "hf")
+        info.class_names, info.notes = report.class_names, report.notes
+    elif "architecture" in meta:  # a timm Hub directory
+        model, report = load(directory, "timm", model=meta["architecture"])
+        info.notes = report.notes
+        info.preprocessing = meta.get("pretrained_cfg") or {}
+    else:
+        raise InvalidInputError(
+            f"{config_path} is neither a keymodels, transformers ViT nor timm config "
+            f"(model_type {meta.get('model_type')!r})"
+        )
+    if num_classes is not None and num_classes != model.num_classes:
+        message = (
+            f"head re-initialised: the checkpoint has {model.num_classes} classes, "
+            f"{num_classes} were asked for (train the new head before use)"
+        )
+        log.warning("%s", message)
+        model.reset_classifier(num_classes)
+        info.head_reinitialized, info.class_names = True, None
+        info.notes.append(message)
+    if img_size is not None and to_2tuple(img_size) != to_2tuple(model.config.img_size):
+        model.set_input_size(img_size)
+    return model.eval(), info
+
+
+def from_pretrained(
+    dir_or_repo_id: str | os.PathLike,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> VisionTransformer:
+    """Load a model saved by :func:`save_pretrained` (or a transformers / timm ViT directory).
+
+    Args:
+        dir_or_repo_id: a local directory, or a Hub repo id ``owner/name``.
+        num_classes: a head of this size; if the checkpoint's differs, the head is
+            re-initialised (zeros) and a warning is logged. None keeps the checkpoint's head.
+        img_size: resample the position embeddings to this input size.
+        revision, cache_dir: passed to ``huggingface_hub`` for repo ids.
+    """
+    return load_pretrained(dir_or_repo_id, num_classes, img_size, revision, cache_dir)[0]

@@ -1,0 +1,93 @@
+"""PNG figures shared by the model families: attention heatmaps and metric-against-length lines.
+
+Matplotlib runs with the Agg backend (no display needed); every function returns the PNG path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_alignment(
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    weights,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """A source × target heatmap of attention weights, tokens on the axes.
+
+    Args:
+        source_tokens: the N attended tokens (x axis).
+        target_tokens: the T output tokens (y axis), one row each.
+        weights: α, [T, N] (tensor or array); row t is where output t looked.
+        path: where to write the PNG.
+    """
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.shape != (len(target_tokens), len(source_tokens)):
+        raise InvalidInputError(
+            f"weights must be [target, source] = {(len(target_tokens), len(source_tokens))}; "
+            f"got {w.shape}"
+        )
+    plt = _pyplot()
+    n, t = len(source_tokens), len(target_tokens)
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * n + 1.8), max(2.5, 0.4 * t + 1.4)))
+    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(n), list(source_tokens), rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(t), list(target_tokens), fontsize=9)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    logy: bool = False,
+) -> Path:
+    """One line per named series of (x, y) points, e.g. accuracy against input length per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=4, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

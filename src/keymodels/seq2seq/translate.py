@@ -1,0 +1,119 @@
+"""Translating sentences with a trained run: input checks, unknown words, too-long inputs, n-best.
+
+The CLI's ``keymodels translate`` is a thin layer over :func:`translate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidInputError
+from .data import pad_batch
+from .search import beam_search, greedy_search
+from .train import LoadedRun
+from .vocab import Vocabulary, detokenize, tokenize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Translation:
+    """One translated sentence.
+
+    ``source_tokens`` are what the model saw (after truncation), ``unknown`` the source words it
+    mapped to ``<unk>``; ``attention`` is α [target tokens (+<eos>), source tokens (+<eos>)].
+    """
+
+    source: str
+    source_tokens: list[str]
+    tokens: list[str]
+    text: str
+    score: float
+    unknown: list[str] = field(default_factory=list)
+    truncated: bool = False
+    attention: Tensor | None = None
+    alternatives: list[tuple[str, float]] = field(default_factory=list)  # n-best after the first
+
+
+def prepare_source(
+    sentence: str, vocab: Vocabulary, max_len: int, too_long: str = "error"
+) -> tuple[list[str], bool]:
+    """Tokens of ``sentence`` and whether they were truncated to ``max_len``.
+
+    Raises:
+        InvalidInputError: the sentence is empty or whitespace only, or longer than ``max_len``
+            tokens with ``too_long="error"``.
+    """
+    if too_long not in ("error", "truncate"):
+        raise InvalidInputError(f"too_long must be 'error' or 'truncate'; got {too_long!r}")
+    tokens = tokenize(sentence, vocab.lowercase)
+    if not tokens:
+        raise InvalidInputError(
+            f"cannot translate an empty or whitespace-only sentence ({sentence!r}); give some words"
+        )
+    if len(tokens) > max_len:
+        if too_long == "error":
+            raise InvalidInputError(
+                f"the sentence has {len(tokens)} tokens, more than this model's maximum of {max_len}; "
+                "shorten it or pass --too-long truncate"
+            )
+        log.warning(
+            "sentence of %d tokens truncated to the model's maximum of %d", len(tokens), max_len
+        )
+        return tokens[:max_len], True
+    return tokens, False
+
+
+@torch.no_grad()
+def translate(
+    run: LoadedRun,
+    sentences: Sequence[str],
+    beam: int = 5,
+    alpha: float = 0.6,
+    n_best: int = 1,
+    too_long: str = "error",
+    batch_size: int = 64,
+) -> list[Translation]:
+    """Translate ``sentences`` with greedy search (``beam=1``) or beam search."""
+    model, src_vocab, tgt_vocab = run.model.eval(), run.src_vocab, run.tgt_vocab
+    prepared = [prepare_source(s, src_vocab, model.config.max_len, too_long) for s in sentences]
+    results: list[Translation] = []
+    for i in range(0, len(sentences), batch_size):
+        chunk = prepared[i : i + batch_size]
+        src, lengths = pad_batch([torch.tensor(src_vocab.encode(toks)) for toks, _ in chunk])
+        limit = int(lengths.max()) * 2 + 10
+        if beam == 1:
+            nbest = [
+                [h]
+                for h in greedy_search(
+                    model, src, lengths, limit, tgt_vocab.bos_id, tgt_vocab.eos_id, alpha
+                )
+            ]
+        else:
+            nbest = beam_search(
+                model, src, lengths, beam, limit, tgt_vocab.bos_id, tgt_vocab.eos_id, alpha, n_best
+            )
+        for j, ((toks, truncated), hyps) in enumerate(zip(chunk, nbest)):
+            best = hyps[0]
+            out_tokens = tgt_vocab.decode(best.tokens)
+            results.append(
+                Translation(
+                    source=sentences[i + j],
+                    source_tokens=toks,
+                    tokens=out_tokens,
+                    text=detokenize(out_tokens),
+                    score=best.score,
+                    unknown=src_vocab.unknown(toks),
+                    truncated=truncated,
+                    attention=best.attention,
+                    alternatives=[
+                        (detokenize(tgt_vocab.decode(h.tokens)), h.score) for h in hyps[1:]
+                    ],
+                )
+            )
+    return results

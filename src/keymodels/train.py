@@ -1,0 +1,640 @@
+"""The training engine: a recipe and a data folder in, a trained ViT and its run folder out.
+
+AdamW (no decay on norms, biases, embeddings), warmup + cosine, clipping, EMA, AMP on CUDA,
+torchrun DDP; atomic checkpoints every epoch that ``resume=True`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import set_rng_state as restore_rng_state
+from .data import (
+    ArrayDataset,
+    DataSplits,
+    Recipe,
+    batch_mix,
+    collate_skip,
+    eval_transform,
+    load_dataset,
+    mean_std,
+    train_transform,
+)
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .errors import KeymodelsError
+from .layers import to_2tuple
+from .metrics import MetricsLogger, plot_curves
+from .registry import get_config
+from .vit import VisionTransformer, ViTConfig
+
+log = logging.getLogger(__name__)
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token")
+
+
+class TrainingError(KeymodelsError):
+    """A run that cannot start or continue (bad resume, non-finite loss, failed checkpoint)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model and where everything was written."""
+
+    model: VisionTransformer
+    out: Path
+    best_acc: float
+    epochs_done: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+# -- pieces -------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices and conv kernels only, never on norms, biases,
+    position embeddings or the class token (as DeiT/timm)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at ``step``: linear warmup from ~0, then cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def compute_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Tensor:
+    """Cross-entropy with label smoothing; ``targets`` are class indices [B] or mixed soft labels [B, K]."""
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def check_compatible(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
+    """Raise :class:`TrainingError` naming every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(weights))
+        if weights[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(
+                "shape mismatch " + "; ".join(shapes[:8]) + (" …" if len(shapes) > 8 else "")
+            )
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+        raise TrainingError(
+            f"{source} holds weights of another model: {', '.join(parts)}. Resume with the recipe "
+            "and model it was trained with, or use a new --out folder"
+        )
+
+
+def _stats(splits: DataSplits, img_size: tuple[int, int]) -> tuple[list[float], list[float]]:
+    if isinstance(splits.train, ArrayDataset):
+        return mean_std(splits.train.images)
+    # Image files: statistics of up to 256 evenly spaced training images, resized as in training.
+    ds = splits.train
+    to_tensor = eval_transform(img_size, [0.0] * splits.in_chans, [1.0] * splits.in_chans, True)
+    picks = np.linspace(0, len(ds) - 1, min(256, len(ds))).astype(int)
+    saved, ds.transform = ds.transform, to_tensor
+    try:
+        images = [item[0] for i in picks if (item := ds[int(i)]) is not None]
+    finally:
+        ds.transform = saved
+    if not images:
+        raise TrainingError("no readable training image to compute normalization statistics from")
+    x = (torch.stack(images) * 255).round().to(torch.uint8)
+    return mean_std(x)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n, skipped = 0.0, 0, 0
+    for images, labels, n_skipped in loader:
+        skipped += n_skipped
+        if not len(labels):
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        pred = logits.argmax(1)
+        confusion += torch.bincount(
+            (labels * num_classes + pred).cpu(), minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
+        n += len(labels)
+    model.train(was_training)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1).float()
+    return {
+        "loss": loss_sum / max(n, 1),
+        "acc": float(confusion.diag().sum()) / max(n, 1),
+        "per_class_acc": per_class.tolist(),
+        "confusion": confusion.tolist(),
+        "n": n,
+        "skipped": skipped,
+    }
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
+    """A PNG of the confusion matrix, row-normalized, with counts when the classes are few."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * k + 2), max(4.5, 0.45 * k + 1.5)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"confusion matrix (accuracy {acc:.2%})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+# -- loading a trained model --------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its ``best.safetensors`` (else ``last.safetensors``); a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} holds no best.safetensors or last.safetensors; "
+            "pass a run folder written by 'keymodels train' or a checkpoint file"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"no run folder or checkpoint file at {path}")
+    return path
+
+
+def load_trained(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Load a model trained by :func:`train`, in eval mode, with what is needed to use it.
+
+    Args:
+        path: a run folder (its best checkpoint, else last) or a checkpoint file.
+
+    Returns:
+        ``(model, info)``; ``info`` has ``class_names``, ``config`` (a ViTConfig dict), the eval
+        preprocessing ``mean``, ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``,
+        ``epoch``, ``val_acc``, ``checkpoint``.
+    """
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    meta = ckpt.meta
+    if "config" not in meta or "class_names" not in meta:
+        raise CheckpointError(
+            f"{ckpt_path} is a keymodels checkpoint but not of a trained classifier"
+        )
+    config = ViTConfig.from_dict(meta["config"])
+    model = VisionTransformer(config)
+    check_compatible(model, ckpt.model, str(ckpt_path))
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    info = {
+        "class_names": list(meta["class_names"]),
+        "config": config.to_dict(),
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "img_size": list(to_2tuple(config.img_size)),
+        "in_chans": config.in_chans,
+        "recipe": meta.get("recipe", {}),
+        "epoch": meta.get("epoch"),
+        "val_acc": meta.get("val_acc"),
+        "data_dir": meta.get("data_dir"),
+        "checkpoint": str(ckpt_path),
+    }
+    return model, info
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+def _loader(
+    dataset: Any, batch_size: int, recipe: Recipe, sampler: Any, train: bool, device: torch.device
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=recipe.workers,
+        collate_fn=collate_skip,
+        pin_memory=device.type == "cuda",
+        drop_last=train,
+        generator=getattr(sampler, "generator", None),
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    mix: Any = None,
+    ema: AveragedModel | None = None,
+    amp_dtype: torch.dtype | None = None,
+    max_steps: int | None = None,
+    desc: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, accuracy, img/s, steps and skipped images."""
+    model.train()
+    loss_sum = correct = seen = skipped = steps = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    bar = tqdm(
+        loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True
+    )
+    for images, labels, n_skipped in bar:
+        skipped += n_skipped
+        if not len(labels):
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            logits = model(images)
+            loss = compute_loss(logits.float(), targets, recipe.label_smoothing)
+        loss_value = loss.item()
+        if dist.is_initialized():
+            # All ranks must stop at the same step, or the others would wait forever in backward.
+            total = all_reduce_sum(loss.detach().float().clone()).item()
+            loss_value = loss_value if math.isfinite(total) else total
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss became {loss_value} at step {steps + 1} of {desc}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if recipe.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(_unwrap(model))
+        steps += 1
+        loss_sum += loss_value * len(labels)
+        correct += int(
+            (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
+        )
+        seen += len(labels)
+        if progress and (steps % 10 == 0 or steps == len(loader)):
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
+            )
+        if max_steps is not None and steps >= max_steps:
+            break
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "acc": correct / max(seen, 1),
+        "img_per_s": seen / max(elapsed, 1e-9),
+        "steps": steps,
+        "seen": seen,
+        "skipped": skipped,
+        "time": elapsed,
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def train(
+    recipe: Recipe,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    amp: bool = True,
+    compile: bool = False,
+    deterministic: bool = False,
+    download: bool = False,
+    on_error: str = "skip",
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``recipe`` on the data in ``data_dir``; write checkpoints, metrics and plots to ``out``.
+
+    Args:
+        recipe: model, augmentation and schedule (``keymodels.data.get_recipe``).
+        out: run folder: ``last.safetensors``, ``best.safetensors``, ``metrics.csv``,
+            ``train_curves.png``, ``confusion_matrix.png``, ``results.json``.
+        data_dir: the data set's files (not needed for ``digits``).
+        resume: continue from ``out/last.safetensors`` exactly where it stopped.
+        device: "cpu", "cuda" or None (CUDA when available); under torchrun, one GPU per process.
+        amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU.
+        compile: run the model through ``torch.compile``.
+        deterministic: ask torch for deterministic kernels (``use_deterministic_algorithms``).
+        download: fetch MNIST/Fashion-MNIST/CIFAR through torchvision first (needs internet).
+        on_error: unreadable image files: "skip" (counted and logged) or "fail" (error naming it).
+        max_steps: stop after this many optimizer steps in total (quick trials, benchmarks).
+        progress: show tqdm progress bars (rank 0 only).
+    """
+    out = Path(out)
+    dist_info: DistInfo = init_distributed(device)
+    dev = dist_info.device
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        return _train(recipe, out, data_dir, dist_info, dev, resume, amp, compile, download, on_error,
+                      max_steps, progress)  # fmt: skip
+    finally:
+        cleanup()
+
+
+def _train(
+    recipe: Recipe,
+    out: Path,
+    data_dir: str | Path | None,
+    dist_info: DistInfo,
+    dev: torch.device,
+    resume: bool,
+    amp: bool,
+    compile: bool,
+    download: bool,
+    on_error: str,
+    max_steps: int | None,
+    progress: bool,
+) -> TrainResult:
+    main = dist_info.is_main
+    seed_everything(recipe.seed)
+
+    # Data, with normalization from the training set's own statistics.
+    splits = load_dataset(
+        recipe.dataset, data_dir, seed=recipe.seed, download=download,
+        val_fraction=recipe.val_fraction, in_chans=recipe.in_chans or 3, on_error=on_error,
+    )  # fmt: skip
+    base = get_config(recipe.model)
+    img_size = to_2tuple(recipe.img_size or base.img_size)
+    if recipe.in_chans and recipe.in_chans != splits.in_chans:
+        raise TrainingError(
+            f"data set {recipe.dataset!r} has {splits.in_chans} channel(s); "
+            f"in_chans={recipe.in_chans} only applies to image folders"
+        )
+    overrides = {**recipe.model_overrides, "img_size": img_size, "in_chans": splits.in_chans,
+                 "num_classes": len(splits.classes)}  # fmt: skip
+    config = get_config(recipe.model, **overrides)
+    mean, std = _stats(splits, img_size)
+    resize = (
+        not isinstance(splits.train, ArrayDataset)
+        or tuple(splits.train.images.shape[-2:]) != img_size
+    )
+    splits.train.transform = train_transform(recipe.augment, img_size, mean, std, resize)
+    splits.test.transform = eval_transform(img_size, mean, std, resize)
+
+    model = VisionTransformer(config).to(dev)
+    if len(splits.train) < recipe.batch_size * dist_info.world_size:
+        raise TrainingError(
+            f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
+            f"× {dist_info.world_size} process(es); lower --batch-size"
+        )
+    steps_per_epoch = len(splits.train) // (recipe.batch_size * dist_info.world_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr)
+    min_ratio = recipe.min_lr / recipe.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
+    )
+    use_amp = amp and dev.type == "cuda"
+    amp_dtype = (
+        (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+        if recipe.ema
+        else None
+    )
+
+    start_epoch, best_acc, step = 0, -1.0, 0
+    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    if resume:
+        if not last_path.is_file():
+            raise TrainingError(
+                f"nothing to resume: {last_path} does not exist (train without --resume)"
+            )
+        ckpt = load_checkpoint(last_path)
+        weights = ckpt.state.get("train_model", ckpt.model)
+        check_compatible(model, weights, str(last_path))
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        scheduler.load_state_dict(ckpt.state["scheduler"])
+        scaler.load_state_dict(ckpt.state["scaler"])
+        if ema is not None:
+            if "train_model" not in ckpt.state:
+                raise TrainingError(f"{last_path} was trained without EMA; resume with --ema 0")
+            ema.module.load_state_dict(ckpt.model)
+            ema.n_averaged.fill_(int(ckpt.state["ema_n"]))
+        restore_rng_state(ckpt.state["rng"])
+        start_epoch, best_acc, step = (
+            ckpt.state["epoch"],
+            ckpt.state["best_acc"],
+            ckpt.state["step"],
+        )
+        if main:
+            log.info("resumed from %s at epoch %d", last_path, start_epoch)
+
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    if compile:
+        train_model = torch.compile(train_model)
+    mix = batch_mix(recipe.augment, config.num_classes)
+    test_loader = _loader(splits.test, recipe.eval_batch_size, recipe, None, False, dev)
+    logger = MetricsLogger(out) if main else None
+    meta = {
+        "model_name": recipe.model, "config": config.to_dict(), "class_names": splits.classes,
+        "recipe": recipe.to_dict(), "mean": mean, "std": std, "img_size": list(img_size),
+        "in_chans": config.in_chans, "weights": "ema" if ema else "model",
+        "keymodels_version": __version__, "world_size": dist_info.world_size,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+    }  # fmt: skip
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(meta, indent=2))
+    history: list[dict[str, Any]] = []
+    eval_model = ema.module if ema is not None else model
+    epochs_done = start_epoch
+    val: dict[str, Any] = {}
+    for epoch in range(start_epoch, recipe.epochs):
+        remaining = None if max_steps is None else max_steps - step
+        if remaining is not None and remaining <= 0:
+            break
+        # Reseeding per epoch (and per rank) makes every epoch independent of what ran before it,
+        # so a resumed run draws the same shuffles and augmentations as an uninterrupted one.
+        seed_everything(recipe.seed + 1009 * (epoch + 1) + dist_info.rank)
+        generator = torch.Generator().manual_seed(recipe.seed + epoch)
+        if dist_info.enabled:
+            sampler: Any = DistributedSampler(
+                splits.train, dist_info.world_size, dist_info.rank, shuffle=True,
+                seed=recipe.seed, drop_last=True,
+            )  # fmt: skip
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(splits.train, generator=generator)
+        loader = _loader(splits.train, recipe.batch_size, recipe, sampler, True, dev)
+        try:
+            stats = train_one_epoch(
+                train_model, loader, optimizer, scheduler, scaler, recipe, device=dev, mix=mix,
+                ema=ema, amp_dtype=amp_dtype, max_steps=remaining,
+                desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress and main,
+            )  # fmt: skip
+        except NonFiniteLossError as e:
+            kept = (
+                f"the last good checkpoint {last_path} (epoch {load_checkpoint(last_path).state['epoch']}) is kept"
+                if last_path.is_file()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"{e}; training stopped, {kept}. Lower --lr, lengthen --warmup-epochs or keep "
+                "--clip-grad on, then --resume"
+            ) from None
+        step += stats["steps"]
+        epochs_done = epoch + 1
+        if stats["skipped"] and main:
+            log.warning("epoch %d: skipped %d unreadable images", epoch + 1, stats["skipped"])
+        if main:
+            val = evaluate(eval_model, test_loader, config.num_classes, dev)
+            row = {
+                "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": val["loss"],
+                "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+                "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
+                "skipped": stats["skipped"] + val["skipped"],
+            }  # fmt: skip
+            history.append({"epoch": epoch + 1, **row})
+            assert logger is not None
+            logger.log(epoch + 1, **row)
+            log.info(
+                "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.0f img/s",
+                epoch + 1, recipe.epochs, stats["loss"], stats["acc"], val["loss"], val["acc"],
+                stats["img_per_s"],
+            )  # fmt: skip
+            improved = val["acc"] > best_acc
+            best_acc = max(best_acc, val["acc"])
+            state = {
+                "epoch": epoch + 1, "step": step, "best_acc": best_acc,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_state(),
+            }  # fmt: skip
+            if ema is not None:
+                state["train_model"] = model.state_dict()
+                state["ema_n"] = int(ema.n_averaged)
+            ckpt = Checkpoint(
+                model=eval_model.state_dict(), state=state,
+                meta={**meta, "epoch": epoch + 1, "val_acc": val["acc"]},
+            )  # fmt: skip
+            try:
+                save_checkpoint(last_path, ckpt)
+                if improved:
+                    save_checkpoint(best_path, ckpt)
+            except CheckpointError as e:
+                raise TrainingError(
+                    f"epoch {epoch + 1}: {e}. Free some space and run again with --resume"
+                ) from e
+        barrier()
+
+    results: dict[str, Any] = {}
+    if main:
+        assert logger is not None
+        logger.close()
+        if history or (out / "metrics.csv").exists():
+            plot_curves(
+                out / "metrics.csv", out / "train_curves.png",
+                [["train_loss", "val_loss"], ["train_acc", "val_acc"]],
+                title=f"{recipe.name}: {recipe.model}",
+            )  # fmt: skip
+        if not val:
+            val = evaluate(eval_model, test_loader, config.num_classes, dev)
+        plot_confusion(val["confusion"], splits.classes, out / "confusion_matrix.png")
+        results = {
+            "recipe": recipe.name, "model": recipe.model, "epochs": epochs_done, "steps": step,
+            "test_acc": val["acc"], "test_loss": val["loss"], "best_acc": best_acc,
+            "per_class_acc": dict(zip(splits.classes, val["per_class_acc"])),
+            "confusion": val["confusion"], "class_names": splits.classes,
+        }  # fmt: skip
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    return TrainResult(eval_model, out, best_acc, epochs_done, history, results)

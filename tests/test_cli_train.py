@@ -1,0 +1,98 @@
+"""``keymodels train | eval | predict`` end to end on the embedded digits, in process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from keymodels.cli import main
+from keymodels.data import load_dataset
+
+# One training run (the module fixture) serves every test here: keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("cli_train")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    code = main([
+        "train", "--recipe", "digits", "--out", str(out), "--epochs", "2", "--batch-size", "32",
+        "--lr", "0.01", "--warmup-epochs", "0.3", "--crop-padding", "0", "--no-progress", "--json",
+    ])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_train_prints_results(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The fixture printed one JSON object as its last line.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["recipe"] == "digits" and results["epochs"] == 2
+    assert 0.1 < results["test_acc"] <= 1.0
+    assert (run_dir / "train_curves.png").stat().st_size > 1000
+
+
+def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 360 and sum(map(sum, res["confusion"])) == 360
+    diag = sum(res["confusion"][i][i] for i in range(10))
+    assert res["accuracy"] == pytest.approx(diag / 360)
+    assert set(res["per_class_acc"]) == {str(i) for i in range(10)}
+    # The same number the training run recorded for its best checkpoint.
+    best = json.loads((run_dir / "results.json").read_text())["best_acc"]
+    assert res["accuracy"] == pytest.approx(best)
+    assert main(["eval", str(run_dir / "last.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "confusion matrix" in out
+
+
+def test_predict_any_image(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test = load_dataset("digits").test
+    grey = tmp_path / "digit.png"
+    Image.fromarray(test.images[0, 0].numpy(), "L").resize((40, 40)).save(grey)
+    rgba = tmp_path / "digit_rgba.png"
+    Image.open(grey).convert("RGBA").save(rgba)
+    assert main(["predict", str(run_dir), str(grey), str(rgba), "--top-k", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [len(r["top"]) for r in rows] == [3, 3]
+    probs = [t["prob"] for t in rows[0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    assert rows[0]["top"] == rows[1]["top"]  # opaque RGBA == the grey image
+
+
+def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--recipe", "cifar", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'cifar'" in err and "cifar10" in err and "digits" in err
+    assert main(["train", "--recipe", "digits", "--model", "vit_huge", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'vit_huge'" in capsys.readouterr().err
+    assert main(["train", "--recipe", "fashion-mnist", "--out", str(tmp_path / "y")]) == 2
+    assert "needs --data-dir" in capsys.readouterr().err
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    assert main(["predict", str(run_dir), str(bad)]) == 2
+    assert "broken.png: cannot decode" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "no run folder or checkpoint file" in capsys.readouterr().err
+
+
+def test_demo_part_trains_predicts_and_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import keymodels.cli.train as cli_train
+
+    real = cli_train.get_recipe
+    # The demo's own recipe, cut to a few steps: the part's plumbing is what is tested here.
+    monkeypatch.setattr(cli_train, "get_recipe", lambda name: real(name, epochs=1, batch_size=128))
+    cli_train.vit_training_part(tmp_path)
+    out = capsys.readouterr().out
+    run = tmp_path / "vit-digits"
+    assert "test accuracy" in out and str(run.resolve()) in out
+    assert out.count("_label") == 5 and len(list((run / "samples").glob("*.png"))) == 5
+    for name in ("best.safetensors", "train_curves.png", "confusion_matrix.png"):
+        assert (run / name).is_file()

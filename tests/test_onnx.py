@@ -1,0 +1,65 @@
+"""keymodels.onnx and ``keymodels export-onnx``: onnxruntime gives PyTorch's logits at any batch size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from keymodels import create_model
+from keymodels.cli import main
+from keymodels.errors import InvalidInputError
+from keymodels.hub import save_pretrained
+from keymodels.onnx import OnnxError, check_onnx, export_onnx
+
+
+def random_model() -> torch.nn.Module:
+    model = create_model("vit_nano_patch4_32", depth=2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def test_cli_export_onnx_dynamic_batch_matches_pytorch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = random_model()
+    save_pretrained(model, tmp_path / "m")
+    assert main(["export-onnx", str(tmp_path / "m"), str(tmp_path / "vit.onnx"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["max_abs_diff"] <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m",
+        "vit.onnx",
+    ]  # one file, no temporaries
+
+    graph = onnx.load(str(tmp_path / "vit.onnx")).graph
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # a named, dynamic batch axis
+    # Independently of the CLI's own check: batches 1 and 3 (the export traced batch 2).
+    assert check_onnx(model, tmp_path / "vit.onnx", batch_sizes=(1, 3)) <= 1e-4
+    other = random_model()
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    assert check_onnx(other, tmp_path / "vit.onnx", batch_sizes=(1,)) > 0.5  # the check can fail
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "vit.onnx").write_bytes(b"previous export")
+
+    def broken_export(model, args, f, **kwargs) -> None:
+        Path(f).write_bytes(b"half an ONNX file")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.raises(OnnxError, match="exporter crashed"):
+        export_onnx(random_model(), tmp_path / "vit.onnx")
+    assert (tmp_path / "vit.onnx").read_bytes() == b"previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["vit.onnx"]
+    with pytest.raises(InvalidInputError, match=r"\.onnx"):
+        export_onnx(random_model(), tmp_path / "vit.bin")

@@ -1,0 +1,74 @@
+"""Tests of keymodels.registry: named configs, overrides, and the errors for unknown names and fields."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from torch import nn
+
+from keymodels import registry
+from keymodels.registry import create_model, get_config, list_models, register_model
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    width: int = 3
+    depth: int = 1
+
+
+class Toy(nn.Module):
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.Sequential(
+            *(nn.Linear(config.width, config.width) for _ in range(config.depth))
+        )
+
+
+@pytest.fixture
+def private_registry(monkeypatch):
+    """A copy of the registry, so the models registered here vanish after the test."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_register_create_and_override(private_registry):
+    register_model("toy_small", ToyConfig(), Toy)
+    register_model("toy_big", ToyConfig(width=8, depth=2), Toy)
+    assert list_models("toy_*") == ["toy_big", "toy_small"]
+    model = create_model("toy_big", depth=3)
+    assert isinstance(model, Toy) and model.config == ToyConfig(width=8, depth=3)
+    assert len(model.layers) == 3
+    # overrides make a new config; the registered one is unchanged
+    assert get_config("toy_big") == ToyConfig(width=8, depth=2)
+
+
+def test_duplicate_name_is_an_error(private_registry):
+    register_model("toy_small", ToyConfig(), Toy)
+    with pytest.raises(ValueError, match="'toy_small' is already registered"):
+        register_model("toy_small", ToyConfig(), Toy)
+
+
+def test_list_models_patterns():
+    every = list_models()
+    assert every == sorted(every) and "vit_tiny_patch16_224" in every
+    assert list_models("vit_*_patch16_224") == [
+        n for n in every if n.startswith("vit_") and n.endswith("_patch16_224")
+    ]
+    assert list_models("no_such_*") == []
+
+
+def test_unknown_name_lists_known_and_suggests_closest():
+    with pytest.raises(ValueError) as info:
+        create_model("vit_smal_patch16_224")
+    message = str(info.value)
+    assert "unknown model 'vit_smal_patch16_224'" in message
+    assert "Did you mean 'vit_small_patch16_224'" in message
+    assert "Known: " in message and "vit_base_patch16_224" in message
+
+
+def test_unknown_override_field_names_the_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown config field\(s\) \['depht'\] .*valid fields: .*depth"
+    ):
+        get_config("vit_tiny_patch16_224", depht=3)

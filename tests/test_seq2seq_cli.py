@@ -1,0 +1,143 @@
+"""``keymodels seq2seq train|eval`` and ``keymodels translate``, including bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keymodels.cli import main
+
+TINY = [
+    "--task",
+    "copy",
+    "--min-length",
+    "1",
+    "--max-length",
+    "5",
+    "--symbols",
+    "6",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2s") / "run"
+    args = ["seq2seq", "train", *TINY, "--model", "seq2seq_tiny_attn", "--epochs", "1"]
+    assert main([*args, "--train-size", "300", "--max-len", "20", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2s") / "plain"
+    args = ["seq2seq", "train", *TINY, "--attention", "none", "--model", "seq2seq_tiny_plain"]
+    assert main([*args, "--epochs", "1", "--train-size", "100", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_prints_epochs_and_resume_extends(run_dir, capsys):
+    assert (run_dir / "best.safetensors").is_file()
+    args = ["seq2seq", "train", *TINY, "--epochs", "2", "--train-size", "300", "--resume"]
+    assert main([*args, "--out", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch=2" in out and "epoch=1 " not in out and "best validation accuracy" in out
+
+
+def test_eval_json_and_table(run_dir, capsys):
+    assert main(["seq2seq", "eval", str(run_dir), "--json", "--beam", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"loss", "ppl", "accuracy", "by_length"} <= set(result) and result["n"] == 1000
+    assert result["ppl"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
+    assert main(["seq2seq", "eval", str(run_dir), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "sequence accuracy" in out
+
+
+def test_translate_sentence_beam_nbest_and_attention(run_dir, tmp_path, capsys):
+    png = tmp_path / "attn.png"
+    code = main(
+        [
+            "translate",
+            str(run_dir),
+            "1 2 3",
+            "--beam",
+            "3",
+            "--n-best",
+            "2",
+            "--show-attention",
+            str(png),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].strip() and out[1].startswith("  alt (")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["translate", str(run_dir), "1 2 3", "--json", "--beam", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "1 2 3"
+
+
+def test_unknown_words_are_reported(run_dir, capsys):
+    assert main(["translate", str(run_dir), "1 zebra 2"]) == 0
+    assert "unknown word(s) mapped to <unk>: zebra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sentence", ["", "   \t "])
+def test_empty_sentence_is_an_error(run_dir, sentence, capsys):
+    assert main(["translate", str(run_dir), sentence]) == 2
+    assert "empty or whitespace-only" in capsys.readouterr().err
+
+
+def test_too_long_sentence_error_or_truncation(run_dir, capsys):
+    long = " ".join(["1"] * 60)  # the model accepts 32 (config) or --max-len 20 → 32
+    assert main(["translate", str(run_dir), long]) == 2
+    assert "more than this model's maximum of 32" in capsys.readouterr().err
+    assert main(["translate", str(run_dir), long, "--too-long", "truncate"]) == 0
+    assert "truncated to 32 tokens" in capsys.readouterr().err
+
+
+def test_translate_file_keeps_empty_lines_and_rejects_bad_utf8(run_dir, tmp_path, capsys):
+    f = tmp_path / "in.txt"
+    f.write_text("1 2\n\n3 4 5\n", encoding="utf-8")
+    assert main(["translate", str(run_dir), "--file", str(f), "--beam", "2"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3 and captured.out.splitlines()[1] == ""
+    assert "1 empty line(s)" in captured.err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"1 2\n3 \xff 4\n")
+    assert main(["translate", str(run_dir), "--file", str(bad)]) == 2
+    assert "line 2 is not valid UTF-8" in capsys.readouterr().err
+    assert main(["translate", str(run_dir)]) == 2
+    assert "one sentence or --file" in capsys.readouterr().err
+
+
+def test_plain_model_has_no_attention_to_show(plain_dir, tmp_path, capsys):
+    assert main(["translate", str(plain_dir), "1 2", "--beam", "1"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["translate", str(plain_dir), "1 2", "--show-attention", str(tmp_path / "x.png")]) == 2
+    )
+    assert "trained without attention" in capsys.readouterr().err
+
+
+def test_bad_run_dir_and_missing_data(tmp_path, capsys):
+    assert main(["seq2seq", "eval", str(tmp_path)]) == 2
+    assert "holds no best.safetensors" in capsys.readouterr().err
+    args = [
+        "seq2seq",
+        "train",
+        "--task",
+        "multi30k",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.de[.gz]" in err and "multi30k" in err
+    with pytest.raises(SystemExit) as e:
+        main(["seq2seq", "train", "--task", "copy", "--attention", "cosine", "--out", "x"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

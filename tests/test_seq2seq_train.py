@@ -1,0 +1,211 @@
+"""Training: the copy task is learned, resume is exact, checkpoints check compatibility, BLEU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sacrebleu
+import torch
+
+from keymodels.checkpoint import CheckpointError, load_checkpoint
+from keymodels.errors import InvalidInputError
+from keymodels.plotting import plot_alignment, plot_lines
+from keymodels.registry import create_model
+from keymodels.seq2seq.data import TranslationDataset
+from keymodels.seq2seq.experiment import grad_norm_first_step
+from keymodels.seq2seq.model import Seq2Seq
+from keymodels.seq2seq.train import (
+    TrainConfig,
+    bleu,
+    evaluate,
+    length_bucket,
+    load_run,
+    load_task,
+    save_run_checkpoint,
+    train,
+)
+from keymodels.seq2seq.vocab import Vocabulary, detokenize, tokenize
+
+COPY = dict(
+    task="copy",
+    batch_size=32,
+    lr=5e-3,
+    val_size=200,
+    min_len=1,
+    len_max=5,
+    num_symbols=6,
+    max_len=10,
+)
+
+
+def test_copy_task_is_learned_to_100_percent(tmp_path):
+    torch.set_num_threads(1)
+    tc = TrainConfig(epochs=10, train_size=2000, **COPY)
+    summary = train("seq2seq_tiny_attn", tc, tmp_path, progress=False)
+    assert summary["history"][-1]["val_acc"] == 100.0
+    run = load_run(tmp_path)  # best.safetensors
+    test = TranslationDataset(load_task(run.train_config, "test"), run.src_vocab, run.tgt_vocab)
+    result = evaluate(run.model, test, run.tgt_vocab, synthetic=True)
+    assert result["accuracy"] >= 99.5
+    assert sum(r["n"] for r in result["by_length"]) == result["n"] == 200
+    assert [r["length"] for r in result["by_length"]] == ["1", "2", "3", "4", "5"]
+    for name in ("best.safetensors", "last.safetensors", "metrics.csv", "config.json"):
+        assert (tmp_path / name).is_file()
+
+
+def test_resume_continues_exactly(tmp_path):
+    torch.set_num_threads(1)
+    # dropout and teacher forcing < 1 use the random generators that resume must restore
+    tc = TrainConfig(epochs=3, train_size=300, teacher_forcing=0.5, **{**COPY, "val_size": 50})
+    kw = dict(progress=False, dropout=0.3)
+    full = train("seq2seq_tiny_attn", tc, tmp_path / "full", **kw)
+    train("seq2seq_tiny_attn", dataclasses.replace(tc, epochs=1), tmp_path / "split", **kw)
+    resumed = train("seq2seq_tiny_attn", tc, tmp_path / "split", resume=True, **kw)
+    keys = ("epoch", "train_loss", "val_loss", "val_acc")
+    assert [[r[k] for k in keys] for r in resumed["history"]] == [
+        [r[k] for k in keys] for r in full["history"]
+    ]
+    a = load_checkpoint(tmp_path / "full" / "last.safetensors").model
+    b = load_checkpoint(tmp_path / "split" / "last.safetensors").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match=r"no .*last\.safetensors"):
+        train("seq2seq_tiny_attn", tc, tmp_path / "nothing", resume=True, progress=False)
+
+
+def _saved_run(tmp_path, vocab_size=24, **overrides):
+    vocab = Vocabulary([str(i) for i in range(vocab_size - 4)])
+    model = create_model("seq2seq_tiny_attn", **overrides)
+    tc = TrainConfig(**COPY)
+    return save_run_checkpoint(
+        tmp_path / "x.safetensors", model, vocab, vocab, tc, {"epoch": 1}
+    ), model
+
+
+def test_checkpoint_round_trip_and_mismatches(tmp_path):
+    path, model = _saved_run(tmp_path)
+    run = load_run(path)
+    assert run.model.config == model.config and len(run.src_vocab) == 24
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in run.model.state_dict().items())
+
+    path, _ = _saved_run(tmp_path, vocab_size=30)  # vocabulary of 30 tokens, model of 24
+    with pytest.raises(
+        CheckpointError, match="source vocabulary has 30 tokens but the model expects 24"
+    ):
+        load_run(path)
+
+    # weights of a 24-unit model under a config that says 32 units
+    path, _ = _saved_run(tmp_path)
+    ckpt = load_checkpoint(path)
+    ckpt.meta["config"]["hidden_dim"] = 32
+    from keymodels.checkpoint import save_checkpoint
+
+    save_checkpoint(path, ckpt)
+    with pytest.raises(CheckpointError, match=r"architecture mismatch at encoder\.rnn"):
+        load_run(path)
+
+    ckpt.meta["kind"] = "keymodels.vit"
+    save_checkpoint(path, ckpt)
+    with pytest.raises(CheckpointError, match="not of a seq2seq model"):
+        load_run(path)
+
+
+def test_bleu_matches_sacrebleu_on_detokenized_text():
+    refs = [
+        "Two young, White males are outside near many bushes.",
+        "A little girl climbing into a wooden playhouse.",
+        "A man in an orange hat starring at something.",
+    ]
+    hyps = [
+        "Two young white men are outside near bushes.",
+        "A little girl climbs into a wooden playhouse.",
+        "A man in an orange hat is staring at something.",
+    ]
+    ours = bleu([detokenize(tokenize(h)) for h in hyps], [detokenize(tokenize(r)) for r in refs])
+    assert ours == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    assert 0 < ours < 100
+    assert bleu(refs, refs) == pytest.approx(100.0)
+    # sacrebleu tokenizes by itself: spacing before punctuation does not matter
+    assert bleu(["A man is riding a red bike ."], ["A man is riding a red bike."]) == pytest.approx(
+        100.0
+    )
+    with pytest.raises(InvalidInputError, match="one reference per hypothesis"):
+        bleu(hyps, refs[:2])
+
+
+def test_length_buckets():
+    buckets = [length_bucket(n, False) for n in (1, 10, 11, 15, 16, 20, 21, 40)]
+    assert buckets == ["1-10", "1-10", "11-15", "11-15", "16-20", "16-20", "21+", "21+"]
+    assert length_bucket(7, True) == "7"
+
+
+def test_bad_train_config():
+    with pytest.raises(InvalidInputError, match="unknown task"):
+        TrainConfig(task="wmt14")
+    with pytest.raises(InvalidInputError, match="teacher_forcing"):
+        TrainConfig(teacher_forcing=1.5)
+
+
+def test_gradient_to_first_input_vanishes_without_attention():
+    vocab = Vocabulary([str(i) for i in range(10)])
+    norms = {}
+    for attention in ("none", "concat"):
+        torch.manual_seed(0)
+        model = Seq2Seq(
+            dataclasses.replace(
+                create_model("seq2seq_tiny_attn").config,
+                attention=attention,
+                bidirectional=False,
+                max_len=40,
+            )
+        )
+        rows = grad_norm_first_step(model, vocab, vocab, "copy", [2, 20], n=8, num_symbols=10)
+        norms[attention] = [r["grad_norm"] for r in rows]
+    plain, attn = norms["none"], norms["concat"]
+    assert all(v > 0 for v in plain + attn)
+    assert plain[1] < plain[0] / 10  # 18 more steps between x_1 and the context vector
+    assert attn[1] / attn[0] > 10 * plain[1] / plain[0]  # attention keeps a direct path
+
+
+def test_plots(tmp_path):
+    png = plot_alignment(
+        ["ein", "Hund", "<eos>"], ["a", "dog"], torch.rand(2, 3), tmp_path / "a.png", "t"
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InvalidInputError, match=r"\[target, source\]"):
+        plot_alignment(["a"], ["b", "c"], torch.rand(1, 2), tmp_path / "b.png")
+    line = plot_lines({"plain": [(1, 2.0), (2, 1.0)]}, tmp_path / "c.png", "x", "y", logy=True)
+    assert line.stat().st_size > 1000
+
+
+def test_multi30k_report_on_tiny_runs(shared_data, tmp_path):
+    from keymodels.seq2seq.data import load_multi30k
+    from keymodels.seq2seq.experiment import multi30k_report
+
+    torch.set_num_threads(1)
+    pairs = load_multi30k(shared_data / "multi30k", "test")
+    src = Vocabulary.build(s for s, _ in pairs)
+    tgt = Vocabulary.build(t for _, t in pairs)
+    tc = TrainConfig(task="multi30k", data_dir=str(shared_data / "multi30k"))
+    paths = []
+    for attention in ("none", "dot"):
+        torch.manual_seed(0)
+        model = create_model(
+            "seq2seq_tiny_attn",
+            attention=attention,
+            src_vocab_size=len(src),
+            tgt_vocab_size=len(tgt),
+            max_len=60,
+        )
+        paths.append(
+            save_run_checkpoint(
+                tmp_path / f"{attention}.safetensors", model, src, tgt, tc, {"epoch": 1}
+            )
+        )
+    report = multi30k_report(*paths, tmp_path / "report", beam=2, examples=(0,))
+    for name in ("plain", "attention"):
+        assert sum(r["n"] for r in report[name]["by_length"]) == 1000
+        assert 0.0 <= report[name]["bleu"] < 5.0  # untrained
+        assert report[name]["ppl"] > 100
+    for png in ("bleu_vs_length.png", "attention_test1.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"

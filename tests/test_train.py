@@ -1,0 +1,205 @@
+"""keymodels.train: learning, exact resume, failures that keep the last good checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import keymodels.checkpoint as checkpoint_module
+import keymodels.train as train_module
+from keymodels.checkpoint import load_checkpoint
+from keymodels.data import get_recipe, load_dataset, preprocess_images
+from keymodels.registry import create_model
+from keymodels.train import (
+    NonFiniteLossError,
+    TrainingError,
+    evaluate,
+    load_trained,
+    lr_factor,
+    param_groups,
+    train,
+)
+
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_recipe(**overrides):
+    kw = dict(
+        epochs=2, batch_size=128, lr=1e-2, warmup_epochs=0.3, model_overrides=TINY,
+        augment={"crop_padding": 0},
+    )  # fmt: skip
+    return get_recipe("digits", **{**kw, **overrides})
+
+
+def test_param_groups_no_decay_on_norms_biases_embeddings() -> None:
+    model = create_model("vit_nano_patch4_28")
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no = {names[id(p)] for p in no_decay["params"]}
+    yes = {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.bias", "head.bias"} <= no
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "head.weight"} <= yes
+    assert "patch_embed.proj.weight" in yes and not yes & no
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(yes) + len(no) == len(list(model.parameters()))
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    # 4 warmup steps reach the peak linearly, then half a cosine down to min_ratio at the end.
+    assert [lr_factor(s, 4, 14, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 14, 0.1) == pytest.approx(1.0)
+    assert lr_factor(9, 4, 14, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway
+    assert lr_factor(14, 4, 14, 0.1) == pytest.approx(0.1)
+    assert lr_factor(3, 0, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+
+
+def test_evaluate_confusion_matrix() -> None:
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # predicts class 0 for the first two images of a batch, class 2 for the rest
+            logits = torch.zeros(len(x), 3)
+            logits[:2, 0] = 1
+            logits[2:, 2] = 1
+            return logits
+
+    batches = [(torch.zeros(4, 1), torch.tensor([0, 1, 2, 2]), 0)]
+    res = evaluate(Fixed(), batches, 3)
+    assert res["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 0, 2]]
+    assert res["acc"] == 0.75 and res["per_class_acc"] == [1.0, 0.0, 1.0] and res["n"] == 4
+
+
+def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=2, batch_size=32)
+    result = train(recipe, tmp_path, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0] - 0.15, losses  # 2.28 -> 1.92 when measured
+    assert result.results["test_acc"] > 0.25  # chance is 0.1; 0.41 when measured
+    for name in ("last.safetensors", "best.safetensors", "metrics.csv", "train_curves.png",
+                 "confusion_matrix.png", "results.json", "recipe.json"):  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sum(map(sum, results["confusion"])) == 360
+
+    model, info = load_trained(tmp_path)
+    assert not model.training and info["class_names"] == [str(i) for i in range(10)]
+    assert info["img_size"] == [8, 8] and info["in_chans"] == 1 and len(info["mean"]) == 1
+    assert info["config"]["embed_dim"] == 32 and info["checkpoint"].endswith("best.safetensors")
+    # The model loaded from disk predicts what the trained model predicts, from image files.
+    test = load_dataset("digits").test
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(test.images[i, 0].numpy(), "L").save(paths[-1])
+    x = preprocess_images(paths, info)
+    trained = result.model.eval()
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    trained.load_state_dict(best.model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x))
+    same_file, _ = load_trained(tmp_path / "last.safetensors")
+    assert same_file.config.embed_dim == 32
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path)
+    return {**ckpt.model, **{f"train.{k}": v for k, v in ckpt.state.get("train_model", {}).items()}}
+
+
+def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # EMA and label smoothing on, augmentation on: everything that draws random numbers or
+    # carries state across epochs must be restored for the weights to match bit for bit.
+    recipe = tiny_recipe(epochs=3, ema=0.9, augment={"crop_padding": 1, "random_erasing": 0.5})
+    train(recipe, tmp_path / "straight", progress=False, deterministic=True)
+
+    real = train_module.train_one_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second epoch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "resumed", progress=False, deterministic=True)
+    assert load_checkpoint(tmp_path / "resumed" / "last.safetensors").state["epoch"] == 1
+    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    train(recipe, tmp_path / "resumed", resume=True, progress=False, deterministic=True)
+
+    a = _weights(tmp_path / "straight" / "last.safetensors")
+    b = _weights(tmp_path / "resumed" / "last.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("train.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4  # header + 3 epochs, none repeated
+    # And the history does not merely look alike: resuming from epoch 1 again changes nothing.
+    initial = create_model("vit_digits_patch2_8", **TINY).state_dict()
+    assert not torch.equal(a["train.pos_embed"], initial["pos_embed"])
+
+
+def test_resume_from_another_model_names_mismatches(tmp_path: Path) -> None:
+    train(tiny_recipe(epochs=1), tmp_path, progress=False, max_steps=2)
+    other = tiny_recipe(epochs=2, model_overrides={**TINY, "embed_dim": 48})
+    with pytest.raises(
+        TrainingError,
+        match=r"another model: shape mismatch blocks\.0\.attn\.proj\.bias: checkpoint \(32,\) vs model \(48,\)",
+    ):
+        train(other, tmp_path, resume=True, progress=False)
+    deeper = tiny_recipe(epochs=2, model_overrides={**TINY, "depth": 3})
+    with pytest.raises(TrainingError, match=r"missing keys \['blocks\.2\.attn\.proj\.bias'"):
+        train(deeper, tmp_path, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_recipe(), tmp_path / "new", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train_module.compute_loss
+    calls = []
+
+    def exploding(logits, targets, label_smoothing):
+        calls.append(1)
+        loss = real(logits, targets, label_smoothing)
+        return loss * float("nan") if len(calls) > 13 else loss  # epoch 2 (11 steps an epoch)
+
+    monkeypatch.setattr(train_module, "compute_loss", exploding)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss became nan at step 3 of epoch 2/3.*last\.safetensors \(epoch 1\) is kept",
+    ):
+        train(tiny_recipe(epochs=3), tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    assert ckpt.state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+
+
+def test_full_disk_keeps_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = checkpoint_module.save_file
+    calls = []
+
+    def disk_full_after_epoch_1(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) > 2:  # epoch 1 wrote last + best; epoch 2 finds the disk full
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full_after_epoch_1)
+    with pytest.raises(
+        TrainingError,
+        match=r"epoch 2: could not write .*last\.safetensors: No space left on device.*intact.*--resume",
+    ):
+        train(tiny_recipe(), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "last.safetensors").state["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.glob(".*tmp")) == []  # no half-written file left
