@@ -19,6 +19,7 @@ from keymodels.checkpoint import (
     atomic_write,
     load_checkpoint,
     load_torch_file,
+    resolve_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -187,3 +188,19 @@ def test_load_torch_file_refuses_code_and_accepts_tensors(tmp_path):
     loaded = load_torch_file(good)
     assert torch.equal(loaded["w"], torch.arange(4))
     assert torch.equal(loaded["nested"]["b"][0], torch.zeros(1))
+
+
+def test_resolve_checkpoint_prefers_best_then_last(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(
+        CheckpointError, match=r"holds no best.safetensors.*keymodels seq2seq train"
+    ):
+        resolve_checkpoint(run, "keymodels seq2seq train")
+    (run / "last.safetensors").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "last.safetensors"
+    (run / "best.safetensors").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "best.safetensors"
+    assert resolve_checkpoint(run / "last.safetensors") == run / "last.safetensors"
+    with pytest.raises(CheckpointError, match="no run folder or checkpoint file"):
+        resolve_checkpoint(tmp_path / "missing.safetensors")

@@ -163,6 +163,22 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(model=model, state=state, meta=json.loads(metadata["meta"]))
 
 
+def resolve_checkpoint(path: str | os.PathLike, train_command: str = "keymodels train") -> Path:
+    """A run folder -> its ``best.safetensors`` (else ``last.safetensors``); a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} holds no best.safetensors or last.safetensors; train into it with "
+            f"`{train_command} --out {path}` or pass a checkpoint file"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"no run folder or checkpoint file at {path}")
+    return path
+
+
 def load_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
 

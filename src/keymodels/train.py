@@ -25,7 +25,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from .checkpoint import set_rng_state as restore_rng_state
 from .data import (
     ArrayDataset,
@@ -218,22 +225,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
 
 
 # -- loading a trained model --------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder -> its ``best.safetensors`` (else ``last.safetensors``); a file -> itself."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(
-            f"{path} holds no best.safetensors or last.safetensors; "
-            "pass a run folder written by 'keymodels train' or a checkpoint file"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"no run folder or checkpoint file at {path}")
-    return path
 
 
 def load_trained(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:

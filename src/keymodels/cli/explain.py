@@ -188,8 +188,8 @@ def demo_part(out: Path) -> None:
     """Explain one digits test image with the ViT that the training part wrote to out/vit-digits."""
     from PIL import Image
 
+    from ..checkpoint import resolve_checkpoint
     from ..data import load_dataset
-    from ..train import resolve_checkpoint
 
     run_dir = out / "vit-digits"
     try:

@@ -25,6 +25,7 @@ from ..checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    resolve_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -156,23 +157,9 @@ class LoadedRun:
     checkpoint: Checkpoint
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its ``best.safetensors`` (else ``last.safetensors``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(
-            f"{path} holds no best.safetensors or last.safetensors; train first with "
-            f"`keymodels seq2seq train --out {path}`"
-        )
-    return path
-
-
 def load_run(path: str | Path) -> LoadedRun:
     """Rebuild model and vocabularies from a checkpoint (file or run directory), in eval mode."""
-    ckpt = load_checkpoint(resolve_checkpoint(path))
+    ckpt = load_checkpoint(resolve_checkpoint(path, "keymodels seq2seq train"))
     if ckpt.meta.get("kind") != KIND:
         raise CheckpointError(
             f"{path} is a keymodels checkpoint but not of a seq2seq model (kind {ckpt.meta.get('kind')!r})"
