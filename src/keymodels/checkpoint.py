@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import KeymodelsError
+from .runguard import crash_point
 
 FORMAT = "keymodels.checkpoint/1"
 
@@ -53,6 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        crash_point("checkpoint_write", writing=tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

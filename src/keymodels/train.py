@@ -50,6 +50,13 @@ from .errors import KeymodelsError
 from .layers import to_2tuple
 from .metrics import MetricsLogger, plot_curves
 from .registry import get_config
+from .runguard import (
+    GracefulStop,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    crash_point,
+    remove_stale_temp_files,
+)
 from .vit import VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
@@ -59,10 +66,6 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token")
 
 class TrainingError(KeymodelsError):
     """A run that cannot start or continue (bad resume, non-finite loss, failed checkpoint)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -299,17 +302,35 @@ def train_one_epoch(
     max_steps: int | None = None,
     desc: str = "",
     progress: bool = True,
-) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy, img/s, steps and skipped images."""
+    partial: dict[str, Any] | None = None,
+    stop: GracefulStop | None = None,
+    guard: NonFiniteGuard | None = None,
+) -> dict[str, Any]:
+    """One pass over ``loader``; returns loss, accuracy, img/s, steps, skipped images and
+    ``batches`` (how far it got: all of them unless ``max_steps`` or ``stop`` ended it early).
+
+    ``partial`` continues an epoch that a stop interrupted: its first ``batches`` batches are
+    read again without training (so every random draw of the data pipeline repeats), then the
+    random generators and running sums are restored to where the stop left them.
+    """
     model.train()
-    loss_sum = correct = seen = skipped = steps = 0
-    loss_sum = 0.0
-    start = time.perf_counter()
+    guard = guard or NonFiniteGuard()
+    sums = {"loss_sum": 0.0, "correct": 0, "seen": 0, "skipped": 0, "steps": 0, "batches": 0,
+            "nonfinite": 0, "time": 0.0, "stopped": False}  # fmt: skip
+    batches = iter(loader)
+    if partial:
+        for _ in range(partial["batches"]):
+            next(batches)
+        restore_rng_state(partial["rng"])
+        sums.update({k: partial[k] for k in sums if k in partial})
+    start = time.perf_counter() - sums["time"]
     bar = tqdm(
-        loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True
-    )
+        batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
+        initial=sums["batches"], total=len(loader),
+    )  # fmt: skip
     for images, labels, n_skipped in bar:
-        skipped += n_skipped
+        sums["batches"] += 1
+        sums["skipped"] += n_skipped
         if not len(labels):
             continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -322,46 +343,71 @@ def train_one_epoch(
             logits = model(images)
             loss = compute_loss(logits.float(), targets, recipe.label_smoothing)
         loss_value = loss.item()
+        stop_now = stop is not None and stop.requested
         if dist.is_initialized():
-            # All ranks must stop at the same step, or the others would wait forever in backward.
-            total = all_reduce_sum(loss.detach().float().clone()).item()
+            # All ranks must take the same decisions (skip, stop), or the others would wait
+            # forever in the next collective operation.
+            flags = torch.tensor([loss_value, float(stop_now)], dtype=torch.float64)
+            total, stops = all_reduce_sum(flags.to(device)).tolist()
             loss_value = loss_value if math.isfinite(total) else total
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss became {loss_value} at step {steps + 1} of {desc}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if recipe.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(_unwrap(model))
-        steps += 1
-        loss_sum += loss_value * len(labels)
-        correct += int(
-            (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
-        )
-        seen += len(labels)
-        if progress and (steps % 10 == 0 or steps == len(loader)):
+            stop_now = stops > 0
+        where = f"step {sums['steps'] + 1} of {desc}"
+        if guard.should_skip(loss_value, where):
+            sums["nonfinite"] += 1
+        elif not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss became {loss_value} at {where}")
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if recipe.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(_unwrap(model))
+            sums["steps"] += 1
+            sums["loss_sum"] += loss_value * len(labels)
+            sums["correct"] += int(
+                (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
+            )
+            sums["seen"] += len(labels)
+            crash_point("train_step")
+        seen = max(sums["seen"], 1)
+        if progress and (sums["steps"] % 10 == 0 or sums["batches"] == len(loader)):
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(
-                loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
-            )
-        if max_steps is not None and steps >= max_steps:
+                loss=f"{sums['loss_sum'] / seen:.4f}", acc=f"{sums['correct'] / seen:.3f}",
+                img_s=f"{rate:.0f}",
+            )  # fmt: skip
+        if not dist.is_initialized():
+            stop_now = stop is not None and stop.requested  # a signal during this very step
+        if stop_now or (max_steps is not None and sums["steps"] >= max_steps):
+            sums["stopped"] = stop_now
             break
     bar.close()
-    elapsed = time.perf_counter() - start
+    sums["time"] = time.perf_counter() - start
+    seen = max(sums["seen"], 1)
     return {
-        "loss": loss_sum / max(seen, 1),
-        "acc": correct / max(seen, 1),
-        "img_per_s": seen / max(elapsed, 1e-9),
-        "steps": steps,
-        "seen": seen,
-        "skipped": skipped,
-        "time": elapsed,
+        **sums,
+        "loss": sums["loss_sum"] / seen,
+        "acc": sums["correct"] / seen,
+        "img_per_s": sums["seen"] / max(sums["time"], 1e-9),
     }
+
+
+# The running sums of an interrupted epoch that its checkpoint keeps (see train_one_epoch).
+PARTIAL_KEYS = ("loss_sum", "correct", "seen", "skipped", "steps", "batches", "nonfinite", "time")
+
+
+def _save(path: Path, ckpt: Checkpoint, epoch: int) -> None:
+    try:
+        save_checkpoint(path, ckpt)
+    except CheckpointError as e:
+        raise TrainingError(
+            f"epoch {epoch}: {e}. Free some space and run again with --resume"
+        ) from e
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -381,6 +427,7 @@ def train(
     deterministic: bool = False,
     download: bool = False,
     on_error: str = "skip",
+    on_nonfinite: str = "stop",
     max_steps: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -398,18 +445,28 @@ def train(
         deterministic: ask torch for deterministic kernels (``use_deterministic_algorithms``).
         download: fetch MNIST/Fashion-MNIST/CIFAR through torchvision first (needs internet).
         on_error: unreadable image files: "skip" (counted and logged) or "fail" (error naming it).
+        on_nonfinite: a NaN or infinite loss "stop"s the run (the last good checkpoint is kept)
+            or "skip"s the step (logged and counted in ``metrics.csv``).
         max_steps: stop after this many optimizer steps in total (quick trials, benchmarks).
         progress: show tqdm progress bars (rank 0 only).
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the step was finished and the state
+            saved in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
     """
     out = Path(out)
+    guard = NonFiniteGuard(on_nonfinite)
     dist_info: DistInfo = init_distributed(device)
-    dev = dist_info.device
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     try:
-        return _train(recipe, out, data_dir, dist_info, dev, resume, amp, compile, download, on_error,
-                      max_steps, progress)  # fmt: skip
+        with GracefulStop() as stop:
+            return _train(
+                recipe, out, data_dir, dist_info, stop, guard, resume=resume, amp=amp,
+                compile=compile, download=download, on_error=on_error, max_steps=max_steps,
+                progress=progress,
+            )  # fmt: skip
     finally:
         cleanup()
 
@@ -419,7 +476,9 @@ def _train(
     out: Path,
     data_dir: str | Path | None,
     dist_info: DistInfo,
-    dev: torch.device,
+    stop: GracefulStop,
+    guard: NonFiniteGuard,
+    *,
     resume: bool,
     amp: bool,
     compile: bool,
@@ -428,7 +487,7 @@ def _train(
     max_steps: int | None,
     progress: bool,
 ) -> TrainResult:
-    main = dist_info.is_main
+    main, dev = dist_info.is_main, dist_info.device
     seed_everything(recipe.seed)
 
     # Data, with normalization from the training set's own statistics.
@@ -480,7 +539,10 @@ def _train(
     )
 
     start_epoch, best_acc, step = 0, -1.0, 0
+    partial: dict[str, Any] | None = None  # an epoch a stop interrupted, to be finished first
     last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    if main:
+        remove_stale_temp_files(out)
     if resume:
         if not last_path.is_file():
             raise TrainingError(
@@ -504,8 +566,10 @@ def _train(
             ckpt.state["best_acc"],
             ckpt.state["step"],
         )
+        partial = ckpt.state.get("partial")
         if main:
-            log.info("resumed from %s at epoch %d", last_path, start_epoch)
+            where = f", batch {partial['batches']}" if partial else ""
+            log.info("resumed from %s after epoch %d%s", last_path, start_epoch, where)
 
     train_model: nn.Module = model
     if dist_info.enabled:
@@ -529,12 +593,29 @@ def _train(
         (out / "recipe.json").write_text(json.dumps(meta, indent=2))
     history: list[dict[str, Any]] = []
     eval_model = ema.module if ema is not None else model
+
+    def checkpoint(epochs: int, **extra: Any) -> Checkpoint:
+        """Everything resume needs after ``epochs`` whole epochs (and ``partial``, if given)."""
+        state = {
+            "epoch": epochs, "step": step, "best_acc": best_acc,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(), **extra,
+        }  # fmt: skip
+        if ema is not None:
+            state["train_model"] = model.state_dict()
+            state["ema_n"] = int(ema.n_averaged)
+        return Checkpoint(
+            model=eval_model.state_dict(), state=state,
+            meta={**meta, "epoch": epochs, "val_acc": val.get("acc")},
+        )  # fmt: skip
+
     epochs_done = start_epoch
     val: dict[str, Any] = {}
     for epoch in range(start_epoch, recipe.epochs):
-        remaining = None if max_steps is None else max_steps - step
-        if remaining is not None and remaining <= 0:
+        if max_steps is not None and step >= max_steps:
             break
+        step_before = step - (partial["steps"] if partial else 0)  # steps before this epoch
+        remaining = None if max_steps is None else max_steps - step_before
         # Reseeding per epoch (and per rank) makes every epoch independent of what ran before it,
         # so a resumed run draws the same shuffles and augmentations as an uninterrupted one.
         seed_everything(recipe.seed + 1009 * (epoch + 1) + dist_info.rank)
@@ -553,6 +634,7 @@ def _train(
                 train_model, loader, optimizer, scheduler, scaler, recipe, device=dev, mix=mix,
                 ema=ema, amp_dtype=amp_dtype, max_steps=remaining,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress and main,
+                partial=partial, stop=stop, guard=guard,
             )  # fmt: skip
         except NonFiniteLossError as e:
             kept = (
@@ -562,9 +644,20 @@ def _train(
             )
             raise NonFiniteLossError(
                 f"{e}; training stopped, {kept}. Lower --lr, lengthen --warmup-epochs or keep "
-                "--clip-grad on, then --resume"
+                "--clip-grad on, then --resume, or pass --on-nonfinite skip"
             ) from None
-        step += stats["steps"]
+        partial = None
+        step = step_before + stats["steps"]
+        if stats["stopped"]:
+            # SIGINT/SIGTERM: the step is done; save the epoch so far, to be finished on resume.
+            if main:
+                keep = {k: v for k, v in stats.items() if k in PARTIAL_KEYS}
+                _save(last_path, checkpoint(epoch, partial={**keep, "rng": rng_state()}), epoch)
+            barrier()
+            raise stop.interrupted(
+                last_path,
+                f"step {step} (epoch {epoch + 1}, batch {stats['batches']}/{len(loader)})",
+            )
         epochs_done = epoch + 1
         if stats["skipped"] and main:
             log.warning("epoch %d: skipped %d unreadable images", epoch + 1, stats["skipped"])
@@ -574,7 +667,7 @@ def _train(
                 "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": val["loss"],
                 "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
                 "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
-                "skipped": stats["skipped"] + val["skipped"],
+                "skipped": stats["skipped"] + val["skipped"], "nonfinite_steps": stats["nonfinite"],
             }  # fmt: skip
             history.append({"epoch": epoch + 1, **row})
             assert logger is not None
@@ -586,26 +679,10 @@ def _train(
             )  # fmt: skip
             improved = val["acc"] > best_acc
             best_acc = max(best_acc, val["acc"])
-            state = {
-                "epoch": epoch + 1, "step": step, "best_acc": best_acc,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(),
-            }  # fmt: skip
-            if ema is not None:
-                state["train_model"] = model.state_dict()
-                state["ema_n"] = int(ema.n_averaged)
-            ckpt = Checkpoint(
-                model=eval_model.state_dict(), state=state,
-                meta={**meta, "epoch": epoch + 1, "val_acc": val["acc"]},
-            )  # fmt: skip
-            try:
-                save_checkpoint(last_path, ckpt)
-                if improved:
-                    save_checkpoint(best_path, ckpt)
-            except CheckpointError as e:
-                raise TrainingError(
-                    f"epoch {epoch + 1}: {e}. Free some space and run again with --resume"
-                ) from e
+            ckpt = checkpoint(epoch + 1)
+            _save(last_path, ckpt, epoch + 1)
+            if improved:
+                _save(best_path, ckpt, epoch + 1)
         barrier()
 
     results: dict[str, Any] = {}

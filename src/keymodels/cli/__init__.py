@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import KeymodelsError
+from ..runguard import TrainingInterrupted
 
 # One module per command (or group of commands); each adds its sub-parsers.
 COMMAND_MODULES = ["models", "demo", "convert", "train", "explain", "seq2seq"]
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("keymodels: interrupted", file=sys.stderr)
         return 130
+    except TrainingInterrupted as e:
+        print(f"keymodels {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except (KeymodelsError, ValueError, OSError) as e:
         if args.debug:
             traceback.print_exc()

@@ -50,6 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
         too_long=args.too_long,
         num_workers=args.workers,
         max_minutes=args.max_minutes,
+        on_nonfinite=args.on_nonfinite,
         train_size=args.train_size,
         min_len=args.min_length,
         len_max=args.max_length,
@@ -315,6 +316,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "threads only spin on a busy machine)",
     )
     t.add_argument("--max-minutes", type=float, help="stop after the epoch that would overrun this")
+    t.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        default="stop",
+        help="a NaN/inf loss: stop, keeping the last good checkpoint (default), or skip the step",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="run directory")

@@ -65,7 +65,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(
         recipe, args.out, args.data_dir, resume=args.resume, device=args.device,
         amp=not args.no_amp, compile=args.compile, deterministic=args.deterministic,
-        download=args.download, on_error=args.on_error, max_steps=args.max_steps,
+        download=args.download, on_error=args.on_error, on_nonfinite=args.on_nonfinite,
+        max_steps=args.max_steps,
         progress=not args.no_progress,
     )  # fmt: skip
     if not result.results:  # not rank 0 under torchrun
@@ -228,6 +229,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--download", action="store_true", help="fetch the data set first (online)")
     r.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                    help="unreadable image files: skip and count (default) or fail naming the file")  # fmt: skip
+    r.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="a NaN/inf loss: stop, keeping the last good checkpoint (default), or "
+                   "skip the step and count it")  # fmt: skip
     r.add_argument("--max-steps", type=int, help="stop after this many steps (quick trials)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")

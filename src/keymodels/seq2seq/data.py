@@ -276,9 +276,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Batches of ``epoch``, from its ``start``-th on (to finish an interrupted epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[list[int]]:
         n = len(self.lengths)
@@ -295,7 +297,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [
                 chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
             ]
-        for j in torch.randperm(len(batches), generator=g).tolist():
+        for j in torch.randperm(len(batches), generator=g).tolist()[self.start :]:
             yield batches[j]
 
     def __len__(self) -> int:

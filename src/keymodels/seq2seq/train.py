@@ -33,6 +33,13 @@ from ..checkpoint import (
 from ..errors import InvalidInputError
 from ..metrics import MetricsLogger
 from ..registry import get_config
+from ..runguard import (
+    GracefulStop,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    crash_point,
+    remove_stale_temp_files,
+)
 from .data import (
     SYNTHETIC_TASKS,
     TASKS,
@@ -58,6 +65,9 @@ class TrainConfig:
 
     task: str = "reverse"
     epochs: int = 10
+    on_nonfinite: str = (
+        "stop"  # a NaN/inf loss: "stop" (keep the last checkpoint) or "skip" the step
+    )
     batch_size: int = 64
     lr: float = 1e-3
     clip: float = 1.0
@@ -90,6 +100,7 @@ class TrainConfig:
             raise InvalidInputError(
                 f"teacher_forcing must be in [0, 1]; got {self.teacher_forcing}"
             )
+        NonFiniteGuard(self.on_nonfinite)  # validates the policy
         for name in ("epochs", "batch_size", "max_len"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -237,21 +248,45 @@ def train(
 
     Returns:
         A summary: the per-epoch history and the best validation score.
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the step was finished and the state saved
+            in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
+        NonFiniteLossError: the loss became NaN or infinite (``tc.on_nonfinite="stop"``).
     """
-    out = Path(out)
+    with GracefulStop() as stop:
+        return _train(model_name, tc, Path(out), resume, progress, on_epoch, stop, model_overrides)
+
+
+def _train(
+    model_name: str,
+    tc: TrainConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    stop: GracefulStop,
+    model_overrides: dict[str, Any],
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
     start = time.perf_counter()
     ckpt = None
     if resume:
         last = out / "last.safetensors"
         if not last.is_file():
-            raise CheckpointError(f"--resume: no {last} to continue from; start without --resume")
+            raise CheckpointError(
+                f"nothing to resume: {last} does not exist (train without --resume)"
+            )
         ckpt = load_checkpoint(last)
         if ckpt.meta.get("kind") != KIND:
             raise CheckpointError(f"{last} is not a seq2seq checkpoint; cannot resume from it")
         # The data and model come from the checkpoint; only how long to go on may change.
         stored = TrainConfig.from_dict(ckpt.meta["train_config"])
-        tc = dataclasses.replace(stored, epochs=tc.epochs, max_minutes=tc.max_minutes)
+        tc = dataclasses.replace(
+            stored, epochs=tc.epochs, max_minutes=tc.max_minutes, on_nonfinite=tc.on_nonfinite
+        )
+    guard = NonFiniteGuard(tc.on_nonfinite)
     torch.manual_seed(tc.seed)
     train_pairs, val_pairs = load_task(tc, "train"), load_task(tc, "val")
     if ckpt is not None:
@@ -276,6 +311,7 @@ def train(
     )
     history: list[dict[str, Any]] = []
     first_epoch, best = 1, -math.inf
+    partial: dict[str, Any] | None = None  # an epoch a stop interrupted, to be finished first
     if ckpt is not None:
         check_compatible(model, ckpt.model, src_vocab, tgt_vocab, str(out / "last.safetensors"))
         model.load_state_dict(ckpt.model)
@@ -284,6 +320,7 @@ def train(
         set_rng_state(ckpt.state["rng"])
         first_epoch, best = ckpt.state["epoch"] + 1, ckpt.state["best"]
         history = ckpt.state["history"]
+        partial = ckpt.state.get("partial")
     (out / "config.json").write_text(
         json.dumps({"model": config.to_dict(), "train": tc.to_dict()}, indent=2)
     )
@@ -293,24 +330,77 @@ def train(
     logger = MetricsLogger(out)
     resumed_s = history[-1]["elapsed_s"] if history else 0.0  # wall time before a resume
     epoch_times: list[float] = []
+
+    def save(path: Path, epoch: int, **extra: Any) -> None:
+        state = {
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            **extra,
+        }
+        save_run_checkpoint(path, model, src_vocab, tgt_vocab, tc, state)
+
     for epoch in range(first_epoch, tc.epochs + 1):
         t0 = time.perf_counter()
-        loader.batch_sampler.set_epoch(epoch)
+        sums = {"total": 0.0, "tokens": 0, "batches": 0, "nonfinite": 0, "time": 0.0}
+        if partial:
+            sums.update({k: partial[k] for k in sums})
+            t0 -= sums["time"]
+        # The batch order depends only on (seed, epoch): an interrupted epoch goes on where it was.
+        loader.batch_sampler.set_epoch(epoch, start=sums["batches"])
+        partial = None
         model.train()
-        total, tokens = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{tc.epochs}",
+            disable=not progress,
+            leave=False,
+            initial=sums["batches"],
+            total=len(loader),
+        )
         for batch in bar:
+            sums["batches"] += 1
             tgt = batch["tgt"]
             logits, _ = model(batch["src"], batch["src_lengths"], tgt[:, :-1], tc.teacher_forcing)
             loss = sequence_loss(logits, tgt[:, 1:], tc.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-            optimizer.step()
-            n = int((tgt[:, 1:] != 0).sum())
-            total, tokens = total + loss.item() * n, tokens + n
-            bar.set_postfix(loss=f"{total / tokens:.3f}")
+            loss_value = loss.item()
+            where = f"batch {sums['batches']} of epoch {epoch}"
+            if guard.should_skip(loss_value, where):
+                sums["nonfinite"] += 1
+            elif not math.isfinite(loss_value):
+                kept = (out / "last.safetensors").is_file()
+                raise NonFiniteLossError(
+                    f"loss became {loss_value} at {where}; training stopped, "
+                    + (
+                        f"the last good checkpoint {out / 'last.safetensors'} is kept"
+                        if kept
+                        else "no checkpoint had been written yet"
+                    )
+                    + ". Lower --lr or keep --clip on, then --resume, or pass --on-nonfinite skip"
+                )
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+                optimizer.step()
+                n = int((tgt[:, 1:] != 0).sum())
+                sums["total"] += loss_value * n
+                sums["tokens"] += n
+                crash_point("train_step")
+            bar.set_postfix(loss=f"{sums['total'] / max(sums['tokens'], 1):.3f}")
+            if stop.requested:
+                break
+        bar.close()
+        if stop.requested:
+            # SIGINT/SIGTERM: the step is done; save the epoch so far, to be finished on resume.
+            sums["time"] = time.perf_counter() - t0
+            last = out / "last.safetensors"
+            save(last, epoch - 1, partial={**sums, "rng": rng_state()})
+            raise stop.interrupted(last, f"batch {sums['batches']}/{len(loader)} of epoch {epoch}")
         metrics = evaluate(
             model, val_set, tgt_vocab, tc.synthetic, beam=tc.val_beam, by_length=False
         )
@@ -318,11 +408,12 @@ def train(
         scheduler.step(score)
         row = {
             "epoch": epoch,
-            "train_loss": total / max(tokens, 1),
+            "train_loss": sums["total"] / max(sums["tokens"], 1),
             "val_loss": metrics["loss"],
             "val_ppl": metrics["ppl"],
             ("val_acc" if tc.synthetic else "val_bleu"): score,
             "lr": optimizer.param_groups[0]["lr"],
+            "nonfinite_steps": sums["nonfinite"],
             "epoch_s": time.perf_counter() - t0,
             "elapsed_s": time.perf_counter() - start + resumed_s,
         }
@@ -331,17 +422,9 @@ def train(
         log.info("epoch %d: %s", epoch, row)
         is_best = score > best
         best = max(best, score)
-        state = {
-            "epoch": epoch,
-            "best": best,
-            "history": history,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-        }
-        save_run_checkpoint(out / "last.safetensors", model, src_vocab, tgt_vocab, tc, state)
+        save(out / "last.safetensors", epoch)
         if is_best:
-            save_run_checkpoint(out / "best.safetensors", model, src_vocab, tgt_vocab, tc, state)
+            save(out / "best.safetensors", epoch)
         if on_epoch is not None:
             on_epoch(row)
         epoch_times.append(time.perf_counter() - t0)
