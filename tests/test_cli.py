@@ -40,8 +40,8 @@ def test_models_json_and_pattern(capsys):
     by_name = {r["name"]: r for r in rows}
     assert by_name["vit_base_patch16_224"]["params"] == 86_567_656
     assert by_name["vit_base_patch16_224"]["gflops"] == pytest.approx(35.1, rel=0.01)
-    assert main(["models", "nothing_*"]) == 0
-    assert "no registered model matches" in capsys.readouterr().out
+    assert main(["models", "nothing_*"]) == 2
+    assert "no registered model matches 'nothing_*'" in capsys.readouterr().err
 
 
 def test_version(capsys):

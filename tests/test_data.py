@@ -389,7 +389,8 @@ def test_recipes_and_errors() -> None:
     ):
         get_recipe("fashion_mnist")
     with pytest.raises(
-        InvalidInputError, match=r"unknown model 'vit_nope'.*Known: .*vit_nano_patch2_8"
+        InvalidInputError,
+        match=r"unknown ViT model 'vit_nope'. Did you mean 'vit_nano_patch2_8'.*Known: vit_base",
     ):
         get_recipe("digits", model="vit_nope")
     with pytest.raises(InvalidInputError, match=r"unknown recipe field\(s\) \['epoch'\]"):

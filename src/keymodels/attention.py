@@ -188,7 +188,11 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         self.score = _check_score(score)
-        self.query_dim, self.key_dim = query_dim, key_dim or query_dim
+        self.query_dim, self.key_dim = query_dim, query_dim if key_dim is None else key_dim
+        if self.query_dim < 1 or self.key_dim < 1 or (attn_dim is not None and attn_dim < 1):
+            raise InvalidInputError(
+                f"query_dim, key_dim and attn_dim must be >= 1; got {query_dim}, {key_dim}, {attn_dim}"
+            )
         if self.score in ("dot", "scaled_dot") and self.query_dim != self.key_dim:
             raise InvalidInputError(
                 f"the {score!r} score needs query_dim == key_dim; got {self.query_dim} and {self.key_dim}. "
@@ -216,6 +220,11 @@ class Attention(nn.Module):
         keys_proj: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Returns (context, weights) as :func:`attend`."""
+        if query.shape[-1:] != (self.query_dim,) or keys.shape[-1:] != (self.key_dim,):
+            raise InvalidInputError(
+                f"this Attention takes queries of size {self.query_dim} and keys of size "
+                f"{self.key_dim}; got shapes {tuple(query.shape)} and {tuple(keys.shape)}"
+            )
         if self.score != "concat":
             params = {"W": self.W} if self.score == "general" else {}
             return attend(query, keys, values, self.score, mask, **params)
@@ -254,6 +263,10 @@ class MultiHeadAttention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
+        if dim < 1 or num_heads < 1:
+            raise InvalidInputError(
+                f"dim and num_heads must be >= 1; got dim={dim}, num_heads={num_heads}"
+            )
         if dim % num_heads:
             raise InvalidInputError(
                 f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads}"

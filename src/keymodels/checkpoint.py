@@ -10,7 +10,9 @@ import json
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,12 +189,26 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     A pickle that would construct arbitrary objects or run code is refused with a clear error.
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a paragraph; what follows "WeightsUnpickler error:" says what it found.
+        m = re.search(
+            r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", str(e), re.S
+        )
+        found = " ".join((m.group(1) if m else str(e)).split()) or type(e).__name__
         raise CheckpointError(
-            f"refused to load {path}: it is not a plain tensor file ({str(e).splitlines()[0]}). "
-            "keymodels never unpickles code; convert the file to safetensors in a trusted environment"
+            f"refused to load {path}: it is not a plain tensor file ({found}). keymodels never "
+            "unpickles code; convert the file to safetensors in a trusted environment"
+        ) from e
+    except Exception as e:  # torch.load fails on damaged files in many ways (EOF, index, zip)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch file ({first}); it is truncated or of another format"
         ) from e
 
 

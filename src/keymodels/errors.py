@@ -22,4 +22,9 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> InvalidInputErro
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return InvalidInputError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+    listed = (
+        ", ".join(known)
+        if len(known) <= 12
+        else ", ".join(known[:10]) + f", … ({len(known)} in all)"
+    )
+    return InvalidInputError(f"unknown {kind} {name!r}.{hint} Known: {listed}.")

@@ -150,9 +150,13 @@ def load_pretrained(
             f"{directory} has no {CONFIG_NAME}; is it a save_pretrained directory?"
         )
     try:
-        meta = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(config_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"{config_path} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise InvalidInputError(
+            f"{config_path} holds a JSON {type(meta).__name__}, not the object of a model config"
+        )
     info = LoadInfo(source=str(dir_or_repo_id))
     if meta.get("model_type") == MODEL_TYPE:
         if not isinstance(meta.get("config"), dict):

@@ -132,13 +132,12 @@ def check_compatible(model: nn.Module, weights: dict[str, Tensor], source: str) 
     if missing or unexpected or shapes:
         parts = []
         if shapes:
-            parts.append(
-                "shape mismatch " + "; ".join(shapes[:8]) + (" …" if len(shapes) > 8 else "")
-            )
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+            more = f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""
+            parts.append("shape mismatch " + "; ".join(shapes[:3]) + more)
+        for what, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{what} keys {keys[:3]}{more}")
         raise TrainingError(
             f"{source} holds weights of another model: {', '.join(parts)}. Resume with the recipe "
             "and model it was trained with, or use a new --out folder"

@@ -26,14 +26,31 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "'")  # descriptions are module docstrings
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub-)command its full name, so errors say ``keymodels seq2seq train: …``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_name=sub.prog)
+                _name_commands(sub)
+
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="keymodels", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="keymodels",
+        description="keymodels: RNN seq2seq with attention and the Vision Transformer: train, "
+        "evaluate, explain, convert.",
+    )
     parser.add_argument("--version", action="version", version=f"keymodels {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    _name_commands(parser)
     return parser
 
 
@@ -49,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("keymodels: interrupted", file=sys.stderr)
         return 130
     except TrainingInterrupted as e:
-        print(f"keymodels {args.command}: {e}", file=sys.stderr)
+        print(f"{args.command_name}: {e}", file=sys.stderr)
         return 128 + e.signum
     except (KeymodelsError, ValueError, OSError) as e:
         if args.debug:
             traceback.print_exc()
         message = " ".join(str(e).split()) or type(e).__name__
-        print(f"keymodels {args.command}: error: {message}", file=sys.stderr)
+        print(f"{args.command_name}: error: {message}", file=sys.stderr)
         return 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 
 import torch
 
+from ..errors import InvalidInputError
 from ..layers import to_2tuple
 from ..registry import create_model, get_config, list_models
 
@@ -26,11 +28,14 @@ def model_summary(name: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     rows = [model_summary(n) for n in list_models(args.pattern)]
+    if not rows:
+        close = difflib.get_close_matches(args.pattern.strip("*?"), list_models(), n=3, cutoff=0.4)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise InvalidInputError(
+            f"no registered model matches {args.pattern!r}{hint} (`keymodels models` lists all)"
+        )
     if args.json:
         print(json.dumps({"models": rows}))
-        return 0
-    if not rows:
-        print(f"no registered model matches {args.pattern!r}")
         return 0
     print(f"{'name':<26} {'params':>10} {'GFLOPs':>8}  input")
     for r in rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import KeymodelsError
+from ..errors import InvalidInputError, KeymodelsError
 
 # PIL's own warning threshold (~89 Mpx, a 9458×9458 image); the cap is checked from the header,
 # before a single pixel is decoded.
@@ -43,6 +43,8 @@ def load_image(
         ImageDecodeError: naming the file, if it is unreadable, truncated or over ``max_pixels``.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"no image file at {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,7 +82,7 @@ def to_mode(
     composited over ``background``, CMYK goes through Pillow's conversion.
     """
     if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
+        raise InvalidInputError(f"mode must be 'RGB' or 'L'; got {mode!r}")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         # 16-bit images use 0..65535; a float or 32-bit image is scaled by its own range.

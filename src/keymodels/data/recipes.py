@@ -42,8 +42,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = Augment(**self.augment)
-        if self.model not in list_models():
-            raise unknown_name("model", self.model, list_models())
+        if self.model not in list_models("vit_*"):
+            raise unknown_name("ViT model", self.model, list_models("vit_*"))
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")

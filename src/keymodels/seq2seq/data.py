@@ -10,6 +10,7 @@ import logging
 import random
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -48,15 +49,21 @@ def read_lines(path: str | Path) -> list[str]:
         raise DataError(f"no such file: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     lines = []
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path} line {n} is not valid UTF-8 ({e.reason} at byte {e.start}); "
-                    "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from e
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path} line {n} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    ) from e
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
+        raise DataError(
+            f"{path}: cannot read it after line {len(lines)} ({e}); the gzip file is truncated or "
+            "corrupt, download it again"
+        ) from e
     return lines
 
 

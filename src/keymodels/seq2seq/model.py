@@ -293,6 +293,16 @@ class AttentionDecoder(_Decoder):
         return self.dropout(torch.tanh(self.pre_output(torch.cat([s, context], -1)))), weights
 
 
+def _check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
+    if ids.dtype not in (torch.int64, torch.int32) or (
+        ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size)
+    ):
+        raise InvalidInputError(
+            f"{name} must hold integer token ids in [0, {vocab_size}); got {ids.dtype} values "
+            f"in [{int(ids.min()) if ids.numel() else '-'}, {int(ids.max()) if ids.numel() else '-'}]"
+        )
+
+
 class Seq2Seq(nn.Module):
     """Encoder + decoder (plain or attention), trained with teacher forcing.
 
@@ -319,8 +329,14 @@ class Seq2Seq(nn.Module):
                 f"src must be [B, S] ids with src_lengths [B]; got {tuple(src.shape)} and "
                 f"{tuple(src_lengths.shape)}"
             )
-        if int(src_lengths.min()) < 1:
-            raise InvalidInputError("every source sentence needs at least one token")
+        if src.shape[0] == 0:
+            raise InvalidInputError("src is an empty batch: give at least one source sentence")
+        if int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]:
+            raise InvalidInputError(
+                f"src_lengths must be between 1 and the padded length {src.shape[1]}; got "
+                f"{src_lengths.tolist()[:8]} (every source sentence needs at least one token)"
+            )
+        _check_ids(src, self.config.src_vocab_size, "src")
         states, final, final_c = self.encoder(src, src_lengths)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths[:, None]
         memory = {"states": states, "mask": mask, "final": final, "context": final[:, -1]}
@@ -358,6 +374,11 @@ class Seq2Seq(nn.Module):
         Returns:
             logits [B, T, V] and attention weights [B, T, S] (None for the plain decoder).
         """
+        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.shape[1] < 1:
+            raise InvalidInputError(
+                f"tgt_in must be [B={src.shape[0]}, T>=1] ids; got shape {tuple(tgt_in.shape)}"
+            )
+        _check_ids(tgt_in, self.config.tgt_vocab_size, "tgt_in")
         memory = self.encode(src, src_lengths)
         state = self.init_state(memory)
         if teacher_forcing >= 1.0 and self.decoder.parallel:

@@ -172,8 +172,14 @@ def load_run(path: str | Path) -> LoadedRun:
     """Rebuild model and vocabularies from a checkpoint (file or run directory), in eval mode."""
     ckpt = load_checkpoint(resolve_checkpoint(path, "keymodels seq2seq train"))
     if ckpt.meta.get("kind") != KIND:
+        what = (
+            "a ViT classifier's (use keymodels eval/predict)"
+            if "class_names" in ckpt.meta
+            else "another model's"
+        )
         raise CheckpointError(
-            f"{path} is a keymodels checkpoint but not of a seq2seq model (kind {ckpt.meta.get('kind')!r})"
+            f"{path} is not a seq2seq model's checkpoint but {what}; pass the folder or checkpoint "
+            "of a `keymodels seq2seq train` run"
         )
     config = Seq2SeqConfig.from_dict(ckpt.meta["config"])
     model = Seq2Seq(config)

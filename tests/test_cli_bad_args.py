@@ -1,0 +1,148 @@
+"""Every command, run with wrong arguments or bad files: exit code 2 and one line naming the
+problem, never a traceback (``--debug`` shows it).
+
+``python tests/test_cli_bad_args.py`` prints the README's table of these cases from a real run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from keymodels.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (what is wrong, argv with {placeholders}, a fragment the one-line message must contain)
+CASES = [
+    ("unknown command", ["trian"], "invalid choice: 'trian'"),
+    ("unknown option", ["models", "--bogus"], "unrecognized arguments: --bogus"),
+    ("model pattern that matches nothing", ["models", "vit_gigantic*"], "no registered model matches 'vit_gigantic*'"),
+    ("unknown recipe", ["train", "--recipe", "fashion", "--out", "{tmp}/r"], "unknown recipe 'fashion'. Did you mean 'fashion-mnist'"),
+    ("data set files missing", ["train", "--recipe", "fashion-mnist", "--data-dir", "{tmp}/empty", "--out", "{tmp}/r"], "train-images-idx3-ubyte"),
+    ("truncated data file", ["train", "--recipe", "fashion-mnist", "--data-dir", "{tmp}/truncated", "--out", "{tmp}/r"], "truncated or corrupt"),
+    ("unknown model name", ["train", "--recipe", "digits", "--model", "vit_tiny_patch16", "--out", "{tmp}/r"], "unknown ViT model 'vit_tiny_patch16'. Did you mean 'vit_tiny_patch16_224'"),
+    ("batch size 0", ["train", "--recipe", "digits", "--batch-size", "0", "--out", "{tmp}/r"], "batch_size must be >= 1; got 0"),
+    ("non-numeric learning rate", ["train", "--recipe", "digits", "--lr", "fast", "--out", "{tmp}/r"], "argument --lr: invalid float value: 'fast'"),
+    ("--resume with nothing to resume", ["train", "--recipe", "digits", "--resume", "--out", "{tmp}/none"], "nothing to resume"),
+    ("--resume with another model's run", ["train", "--recipe", "digits", "--model", "vit_nano_patch2_8", "--resume", "--out", "{vit_run}"], "holds weights of another model"),
+    ("eval of a folder with no checkpoint", ["eval", "{tmp}/empty"], "holds no best.safetensors or last.safetensors"),
+    ("eval of a file that is not a checkpoint", ["eval", "{garbage}"], "not a readable safetensors file"),
+    ("eval of a seq2seq run", ["eval", "{s2s_run}"], "not of a trained classifier"),
+    ("predict on an image that cannot be read", ["predict", "{vit_run}", "{garbage}"], "cannot decode image"),
+    ("predict on a missing image", ["predict", "{vit_run}", "{tmp}/nope.png"], "nope.png"),
+    ("predict with --top-k 0", ["predict", "{vit_run}", "{image}", "--top-k", "0"], "--top-k must be >= 1; got 0"),
+    ("explain with an unknown method", ["explain", "{vit_run}", "{image}", "--method", "saliency", "--out", "{tmp}/e.png"], "invalid choice: 'saliency'"),
+    ("explain a layer out of range", ["explain", "{vit_run}", "{image}", "--method", "heads", "--layer", "9", "--out", "{tmp}/e.png"], "layer 9 is out of range"),
+    ("explain over an existing file", ["explain", "{vit_run}", "{image}", "--out", "{image}"], "exists; pass --force to overwrite it"),
+    ("convert a missing file", ["convert", "{tmp}/nope.pth", "{tmp}/o", "--from", "timm", "--to", "hf"], "nope.pth"),
+    ("convert a file of another format", ["convert", "{garbage}", "{tmp}/o", "--from", "timm", "--to", "hf", "--model", "vit_tiny_patch16_224"], "garbage.bin"),
+    ("convert a pickle that would run code", ["convert", "{evil}", "{tmp}/o", "--from", "timm", "--to", "hf", "--model", "vit_tiny_patch16_224"], "never unpickles code"),
+    ("convert to an unknown format", ["convert", "{vit_run}", "{tmp}/o", "--from", "keymodels", "--to", "onnx"], "invalid choice: 'onnx'"),
+    ("export-onnx of a missing model", ["export-onnx", "{tmp}/nope", "{tmp}/m.onnx"], "nope"),
+    ("seq2seq: unknown task", ["seq2seq", "train", "--task", "translate", "--out", "{tmp}/s"], "invalid choice: 'translate'"),
+    ("seq2seq: 0 epochs", ["seq2seq", "train", "--task", "copy", "--epochs", "0", "--out", "{tmp}/s"], "epochs must be >= 1; got 0"),
+    ("seq2seq: Multi30k files missing", ["seq2seq", "train", "--task", "multi30k", "--data-dir", "{tmp}/empty", "--out", "{tmp}/s"], "train.de"),
+    ("seq2seq: eval of a ViT run", ["seq2seq", "eval", "{vit_run}"], "not a seq2seq model's checkpoint but a ViT classifier's"),
+    ("translate an empty sentence", ["translate", "{s2s_run}", "   "], "empty"),
+    ("translate a sentence longer than the model's maximum", ["translate", "{s2s_run}", "{long_sentence}"], "more than this model's maximum of 32; shorten it or pass --too-long truncate"),
+    ("translate a file that is not UTF-8", ["translate", "{s2s_run}", "--file", "{latin1}"], "line 2 is not valid UTF-8"),
+    ("translate with a ViT run", ["translate", "{vit_run}", "1 2 3"], "not a seq2seq model's checkpoint but a ViT classifier's"),
+    ("translate --show-attention with the plain model", ["translate", "{s2s_plain}", "1 2", "--show-attention", "{tmp}/a.png"], "was trained without attention"),
+]  # fmt: skip
+
+
+def _make_inputs(tmp: Path) -> dict[str, str]:
+    """The files and trained runs the cases refer to."""
+    from PIL import Image
+
+    (tmp / "empty").mkdir()
+    (tmp / "truncated").mkdir()
+    for name, size in [("train-images-idx3-ubyte.gz", 5000), ("train-labels-idx1-ubyte.gz", 0),
+                       ("t10k-images-idx3-ubyte.gz", 0), ("t10k-labels-idx1-ubyte.gz", 0)]:  # fmt: skip
+        (tmp / "truncated" / name).write_bytes(gzip.compress(b"\0\0\x08\x03" + bytes(size))[:40])
+    (tmp / "garbage.bin").write_bytes(b"\x89not an image nor a checkpoint" * 10)
+    Image.new("L", (20, 12), 128).save(tmp / "image.png")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp / "evil.pth").write_bytes(pickle.dumps({"weights": Evil()}))
+    (tmp / "latin1.txt").write_bytes("1 2\n1 é 2\n".encode("latin-1"))
+    vit_run, s2s_run, s2s_plain = tmp / "vit", tmp / "s2s", tmp / "s2s_plain"
+    quiet = ["--no-progress"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["train", "--recipe", "digits", "--epochs", "1", "--max-steps", "2",
+                     "--out", str(vit_run), *quiet]) == 0  # fmt: skip
+        for out, attention in [(s2s_run, "concat"), (s2s_plain, "none")]:
+            assert main(["seq2seq", "train", "--task", "copy", "--attention", attention,
+                         "--model", f"seq2seq_tiny_{'plain' if attention == 'none' else 'attn'}",
+                         "--epochs", "1", "--train-size", "64", "--max-length", "5",
+                         "--max-len", "12", "--out", str(out), *quiet]) == 0  # fmt: skip
+    return {
+        "tmp": str(tmp), "garbage": str(tmp / "garbage.bin"), "image": str(tmp / "image.png"),
+        "evil": str(tmp / "evil.pth"), "latin1": str(tmp / "latin1.txt"),
+        "vit_run": str(vit_run), "s2s_run": str(s2s_run), "s2s_plain": str(s2s_plain),
+        "long_sentence": " ".join(["1"] * 200),
+    }  # fmt: skip
+
+
+def run_case(argv: list[str], inputs: dict[str, str]) -> tuple[int, str]:
+    """Run ``keymodels ARGV`` in this process; the exit code and what it wrote to stderr."""
+    args = [a.format(**inputs) for a in argv]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's own usage errors
+            code = e.code
+    return int(code), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, str]:
+    return _make_inputs(tmp_path_factory.mktemp("bad_args"))
+
+
+@pytest.mark.parametrize(("what", "argv", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_arguments_exit_2_with_one_line(inputs, what, argv, message):
+    code, err = run_case(argv, inputs)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message.format(**inputs) in lines[0]
+    assert "Traceback" not in err
+
+
+def test_debug_adds_the_traceback(inputs):
+    code, err = run_case(["--debug", "eval", "{garbage}"], inputs)
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("keymodels eval: error:")
+
+
+def test_readme_lists_every_case():
+    readme = (ROOT / "README.md").read_text()
+    missing = [what for what, _, _ in CASES if f"| {what} |" not in readme]
+    assert not missing, f"README's table of bad inputs lacks {missing}"
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = _make_inputs(Path(tmp))
+        print("| what is wrong | command | what the user sees (stderr, exit code 2) |")
+        print("| --- | --- | --- |")
+        for what, argv, _ in CASES:
+            code, err = run_case(argv, inputs)
+            shown = err.strip().replace(tmp, "…").replace("|", "\\|")
+            cmd = " ".join(a if " " not in a else "'…'" for a in argv).replace("{tmp}/", "")
+            cmd = cmd.replace("{", "").replace("}", "").replace("|", "\\|")
+            print(f"| {what} | `keymodels {cmd}` | `{shown}` (exit {code}) |", file=sys.stdout)
