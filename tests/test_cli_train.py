@@ -70,7 +70,7 @@ def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "unknown recipe 'cifar'" in err and "cifar10" in err and "digits" in err
     assert main(["train", "--recipe", "digits", "--model", "vit_huge", "--out", str(tmp_path)]) == 2
-    assert "unknown model 'vit_huge'" in capsys.readouterr().err
+    assert "unknown ViT model 'vit_huge'" in capsys.readouterr().err
     assert main(["train", "--recipe", "fashion-mnist", "--out", str(tmp_path / "y")]) == 2
     assert "needs --data-dir" in capsys.readouterr().err
     bad = tmp_path / "broken.png"
