@@ -213,3 +213,27 @@ def test_multi30k_report_on_tiny_runs(shared_data, tmp_path):
         assert report[name]["ppl"] > 100
     for png in ("bleu_vs_length.png", "attention_test1.png"):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cosine_schedule_anneals_to_zero_and_resumes_exactly_mid_epoch(tmp_path, monkeypatch):
+    import keymodels.runguard as runguard
+
+    torch.set_num_threads(1)
+    tc = TrainConfig(epochs=3, train_size=160, schedule="cosine", **{**COPY, "val_size": 20})
+    summary = train("seq2seq_tiny_attn", tc, tmp_path / "full", progress=False)
+    lrs = [row["lr"] for row in summary["history"]]  # 5 steps an epoch: cos(π·5/15), cos(π·10/15)
+    assert lrs == pytest.approx([5e-3 * 0.75, 5e-3 * 0.25, 0.0], abs=1e-12)
+
+    # Ctrl-C after step 7 (epoch 2, batch 2), then resume: the same weights as without the stop.
+    monkeypatch.setattr(runguard, "_CRASH_COUNTS", {})
+    monkeypatch.setenv(runguard.CRASH_ENV, "train_step:7:SIGINT")
+    with pytest.raises(runguard.TrainingInterrupted, match="batch 2/5 of epoch 2"):
+        train("seq2seq_tiny_attn", tc, tmp_path / "stopped", progress=False)
+    monkeypatch.delenv(runguard.CRASH_ENV)
+    resumed = train("seq2seq_tiny_attn", tc, tmp_path / "stopped", resume=True, progress=False)
+    assert [row["lr"] for row in resumed["history"]] == lrs
+    a = load_checkpoint(tmp_path / "full" / "last.safetensors").model
+    b = load_checkpoint(tmp_path / "stopped" / "last.safetensors").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InvalidInputError, match=r"schedule must be one of \('plateau', 'cosine'\)"):
+        TrainConfig(schedule="step")

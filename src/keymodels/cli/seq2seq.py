@@ -42,6 +42,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        schedule=args.schedule,
         clip=args.clip,
         teacher_forcing=args.teacher_forcing,
         label_smoothing=args.label_smoothing,
@@ -291,6 +292,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument(
+        "--schedule",
+        choices=("plateau", "cosine"),
+        default="plateau",
+        help="plateau: halve lr when validation stops improving; cosine: anneal to 0 over --epochs",
+    )
     t.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     t.add_argument("--teacher-forcing", type=float, default=1.0, help="teacher forcing ratio")
     t.add_argument("--label-smoothing", type=float, default=0.0)

@@ -70,9 +70,10 @@ RECIPES: dict[str, Recipe] = {
             augment=Augment(),
         ),
         Recipe(
+            # Sized to the 15-minute budget of a 2-core CPU (8 × ~105 s); in so few epochs a
+            # mirror is the only augmentation that pays for itself.
             name="fashion-mnist", dataset="fashion-mnist", model="vit_fmnist_patch4_28",
-            epochs=12, batch_size=128, lr=2e-3, warmup_epochs=1,
-            augment=Augment(crop_padding=2, hflip=True),
+            epochs=8, batch_size=128, lr=2e-3, warmup_epochs=0.5, augment=Augment(hflip=True),
         ),
         Recipe(
             name="fashion-mnist-long", dataset="fashion-mnist", model="vit_fmnist_s_patch4_28",
