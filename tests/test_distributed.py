@@ -43,7 +43,19 @@ SCRIPT = textwrap.dedent(
         except engine.NonFiniteLossError as e:
             open(os.path.join(out + "-stopped" + rank), "w").write(str(e))
         sys.exit(0)
-    result = train(recipe, out, device="cpu", progress=False, max_steps=4)
+    if sys.argv[2] in ("full", "stop", "resume"):
+        # Two epochs; "stop" sends SIGTERM to rank 1 alone after its 30th step (epoch 2).
+        from keymodels.runguard import TrainingInterrupted
+        recipe.epochs = 2
+        if sys.argv[2] == "stop" and rank == "1":
+            os.environ["KEYMODELS_CRASH_AT"] = "train_step:30:SIGTERM"
+        try:
+            result = train(recipe, out, device="cpu", progress=False, resume=sys.argv[2] == "resume")
+        except TrainingInterrupted as e:
+            open(out + "-stopped" + rank, "w").write(str(e))
+            sys.exit(0)
+    else:
+        result = train(recipe, out, device="cpu", progress=False, max_steps=4)
     save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
               os.path.join(out, f"rank{rank}.safetensors"))
     """
@@ -102,3 +114,16 @@ def test_non_finite_loss_on_one_rank_stops_both(tmp_path: Path) -> None:
     _torchrun(tmp_path, out, "nan")  # a hang would end in the 300 s timeout
     for rank in (0, 1):
         assert "loss became nan at step 2" in Path(f"{out}-stopped{rank}").read_text()
+
+
+def test_sigterm_on_one_rank_stops_both_at_one_step_and_resume_is_exact(tmp_path: Path) -> None:
+    full, run = tmp_path / "full", tmp_path / "run"
+    _torchrun(tmp_path, full, "full")
+    _torchrun(tmp_path, run, "stop")  # a rank that stopped alone would hang the other: timeout
+    messages = [Path(f"{run}-stopped{rank}").read_text() for rank in (0, 1)]
+    assert messages[0] == messages[1] and "step 31 (epoch 2, batch 9/22)" in messages[0]
+    _torchrun(tmp_path, run, "resume")
+    for rank in (0, 1):
+        a = load_file(full / f"rank{rank}.safetensors")
+        b = load_file(run / f"rank{rank}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), rank

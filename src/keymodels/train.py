@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,14 @@ from .data import (
     mean_std,
     train_transform,
 )
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+)
 from .errors import KeymodelsError
 from .layers import to_2tuple
 from .metrics import MetricsLogger, plot_curves
@@ -320,7 +328,10 @@ def train_one_epoch(
     if partial:
         for _ in range(partial["batches"]):
             next(batches)
-        restore_rng_state(partial["rng"])
+        rngs = partial["rngs"]
+        restore_rng_state(
+            rngs[dist.get_rank()] if dist.is_initialized() and len(rngs) > 1 else rngs[0]
+        )
         sums.update({k: partial[k] for k in sums if k in partial})
     start = time.perf_counter() - sums["time"]
     bar = tqdm(
@@ -342,14 +353,19 @@ def train_one_epoch(
             logits = model(images)
             loss = compute_loss(logits.float(), targets, recipe.label_smoothing)
         loss_value = loss.item()
-        stop_now = stop is not None and stop.requested
+        stop_now = False
         if dist.is_initialized():
             # All ranks must take the same decisions (skip, stop), or the others would wait
-            # forever in the next collective operation.
-            flags = torch.tensor([loss_value, float(stop_now)], dtype=torch.float64)
-            total, stops = all_reduce_sum(flags.to(device)).tolist()
+            # forever in the next collective operation: a signal to one rank stops them all.
+            signum = stop.signum if stop is not None else None
+            flags = [loss_value, signum == signal.SIGINT, signum == signal.SIGTERM]
+            total, sigints, sigterms = all_reduce_sum(
+                torch.tensor(flags, dtype=torch.float64, device=device)
+            ).tolist()
             loss_value = loss_value if math.isfinite(total) else total
-            stop_now = stops > 0
+            stop_now = bool(sigints or sigterms)
+            if stop_now and stop is not None and not stop.requested:
+                stop.signum = signal.SIGINT if sigints else signal.SIGTERM
         where = f"step {sums['steps'] + 1} of {desc}"
         if guard.should_skip(loss_value, where):
             sums["nonfinite"] += 1
@@ -649,9 +665,12 @@ def _train(
         step = step_before + stats["steps"]
         if stats["stopped"]:
             # SIGINT/SIGTERM: the step is done; save the epoch so far, to be finished on resume.
+            # Every rank's random state goes in (each draws its own augmentations), so that a
+            # resumed run repeats them all; rank 0 writes.
+            rngs = all_gather_objects(rng_state())
             if main:
                 keep = {k: v for k, v in stats.items() if k in PARTIAL_KEYS}
-                _save(last_path, checkpoint(epoch, partial={**keep, "rng": rng_state()}), epoch)
+                _save(last_path, checkpoint(epoch, partial={**keep, "rngs": rngs}), epoch)
             barrier()
             raise stop.interrupted(
                 last_path,
