@@ -324,7 +324,12 @@ def train_one_epoch(
     guard = guard or NonFiniteGuard()
     sums = {"loss_sum": 0.0, "correct": 0, "seen": 0, "skipped": 0, "steps": 0, "batches": 0,
             "nonfinite": 0, "time": 0.0, "stopped": False}  # fmt: skip
-    batches = iter(loader)
+    # tqdm.auto's constructor calls iter(loader) once itself, which draws from the sampler's
+    # generator: a resumed epoch must iterate the loader exactly as an uninterrupted one does.
+    bar = tqdm(
+        loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True
+    )
+    batches = iter(bar)
     if partial:
         for _ in range(partial["batches"]):
             next(batches)
@@ -334,11 +339,7 @@ def train_one_epoch(
         )
         sums.update({k: partial[k] for k in sums if k in partial})
     start = time.perf_counter() - sums["time"]
-    bar = tqdm(
-        batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
-        initial=sums["batches"], total=len(loader),
-    )  # fmt: skip
-    for images, labels, n_skipped in bar:
+    for images, labels, n_skipped in batches:
         sums["batches"] += 1
         sums["skipped"] += n_skipped
         if not len(labels):
