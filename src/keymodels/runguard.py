@@ -1,9 +1,5 @@
-"""Training runs that lose nothing: SIGINT/SIGTERM finish the step and checkpoint, NaN steps are
-stopped or skipped, half-written files of a killed run are swept away, and tests can crash a run
-at an exact place.
-
-Both engines (``keymodels.train`` and ``keymodels.seq2seq.train``) use these pieces.
-"""
+"""Training runs that lose nothing, for both engines: SIGINT/SIGTERM finish the step and checkpoint,
+NaN losses stop the run or skip the step, files half-written by a killed run are swept away."""
 
 from __future__ import annotations
 

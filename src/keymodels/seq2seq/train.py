@@ -66,9 +66,6 @@ class TrainConfig:
 
     task: str = "reverse"
     epochs: int = 10
-    on_nonfinite: str = (
-        "stop"  # a NaN/inf loss: "stop" (keep the last checkpoint) or "skip" the step
-    )
     batch_size: int = 64
     lr: float = 1e-3
     # "plateau": halve lr when the validation score stops rising; "cosine": anneal it per step to
@@ -82,6 +79,7 @@ class TrainConfig:
     too_long: str = "truncate"  # or "drop" / "error" for training pairs over max_len
     num_workers: int = 0
     max_minutes: float | None = None  # stop after the epoch that would overrun this budget
+    on_nonfinite: str = "stop"  # a NaN/inf loss: "stop" (keep the last checkpoint) or "skip"
     # synthetic tasks
     train_size: int = 20000
     val_size: int = 1000
