@@ -18,6 +18,8 @@ def test_log_rows_and_tensorboard(tmp_path):
         {"epoch": 2.0, "train_loss": 1.5, "val_acc": 0.6},
     ]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # earlier rows are rewritten as they were written: the epoch "1", not "1.0"
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == ["1,2.0,0.5", "2,1.5,0.6"]
     assert read_metrics(tmp_path / "none.csv") == []
 
 

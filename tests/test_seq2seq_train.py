@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import sacrebleu
@@ -12,6 +13,7 @@ from keymodels.checkpoint import CheckpointError, load_checkpoint
 from keymodels.errors import InvalidInputError
 from keymodels.plotting import plot_alignment, plot_lines
 from keymodels.registry import create_model
+from keymodels.seq2seq import train as train_module
 from keymodels.seq2seq.data import TranslationDataset
 from keymodels.seq2seq.experiment import grad_norm_first_step
 from keymodels.seq2seq.model import Seq2Seq
@@ -23,6 +25,7 @@ from keymodels.seq2seq.train import (
     load_run,
     load_task,
     save_run_checkpoint,
+    sequence_loss,
     train,
 )
 from keymodels.seq2seq.vocab import Vocabulary, detokenize, tokenize
@@ -73,6 +76,27 @@ def test_resume_continues_exactly(tmp_path):
         CheckpointError, match=r"nothing to resume: .*last\.safetensors does not exist"
     ):
         train("seq2seq_tiny_attn", tc, tmp_path / "nothing", resume=True, progress=False)
+
+
+def test_time_budget_counts_the_time_before_a_resume(tmp_path, monkeypatch):
+    # A clock that advances one second per batch: the budget runs out at the same epoch anywhere.
+    clock = [0.0]
+
+    def loss_taking_one_second(*args, **kwargs):
+        clock[0] += 1.0
+        return sequence_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sequence_loss", loss_taking_one_second)
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    tc = TrainConfig(epochs=12, train_size=64, max_minutes=0.5, **{**COPY, "val_size": 16})
+    full = train("seq2seq_tiny_attn", tc, tmp_path / "full", progress=False)["history"]
+    assert 2 < len(full) < 12  # stopped by the budget of 30 s, not by the epoch count
+    first = dataclasses.replace(tc, epochs=2, max_minutes=None)
+    train("seq2seq_tiny_attn", first, tmp_path / "split", progress=False)
+    resumed = train("seq2seq_tiny_attn", tc, tmp_path / "split", resume=True, progress=False)
+    # a run resumed from epoch 2 stops where the uninterrupted one did: the hour is one hour
+    assert [r["epoch"] for r in resumed["history"]] == [r["epoch"] for r in full]
+    assert resumed["history"][-1]["elapsed_s"] == full[-1]["elapsed_s"]
 
 
 def _saved_run(tmp_path, vocab_size=24, **overrides):

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .plotting import pyplot, save_figure
+
 
 class MetricsLogger:
     """Writes one row per call to ``out/metrics.csv`` and scalars to TensorBoard (if installed)."""
@@ -56,7 +58,7 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv`` (numbers as floats), [] if there is none yet."""
+    """The rows of a ``metrics.csv`` (numbers as ints or floats), [] if there is none yet."""
     path = Path(path)
     if not path.exists():
         return []
@@ -66,26 +68,25 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _number(v: str) -> Any:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
+    # ints stay ints, so rewriting the file keeps "2" rather than turning it into "2.0"
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except (TypeError, ValueError):
+            pass
+    return v
 
 
 def plot_curves(
     metrics_csv: str | Path, out_png: str | Path, panels: Sequence[Sequence[str]], title: str = ""
 ) -> Path:
     """A PNG with one panel per group of columns (e.g. ``[["train_loss", "val_loss"], ["val_acc"]]``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = read_metrics(metrics_csv)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, columns in zip(axes[0], panels):
         for col in columns:
-            pts = [(r["epoch"], r[col]) for r in rows if isinstance(r.get(col), float)]
+            pts = [(r["epoch"], r[col]) for r in rows if isinstance(r.get(col), (int, float))]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=col)
         ax.set_xlabel("epoch")
@@ -94,7 +95,4 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

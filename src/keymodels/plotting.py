@@ -13,13 +13,23 @@ import numpy as np
 from .errors import InvalidInputError
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use (matplotlib is an extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (creating the folder) and free it; pyplot keeps every open figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def plot_alignment(
@@ -43,7 +53,7 @@ def plot_alignment(
             f"weights must be [target, source] = {(len(target_tokens), len(source_tokens))}; "
             f"got {w.shape}"
         )
-    plt = _pyplot()
+    plt = pyplot()
     n, t = len(source_tokens), len(target_tokens)
     fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * n + 1.8), max(2.5, 0.4 * t + 1.4)))
     im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
@@ -55,11 +65,7 @@ def plot_alignment(
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_lines(
@@ -71,7 +77,7 @@ def plot_lines(
     logy: bool = False,
 ) -> Path:
     """One line per named series of (x, y) points, e.g. accuracy against input length per model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, points in series.items():
         if points:
@@ -86,8 +92,4 @@ def plot_lines(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -57,6 +57,7 @@ from .distributed import (
 from .errors import KeymodelsError
 from .layers import to_2tuple
 from .metrics import MetricsLogger, plot_curves
+from .plotting import pyplot, save_figure
 from .registry import get_config
 from .runguard import (
     GracefulStop,
@@ -205,11 +206,7 @@ def evaluate(
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
     """A PNG of the confusion matrix, row-normalized, with counts when the classes are few."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = len(classes)
@@ -229,9 +226,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     ax.set_title(f"confusion matrix (accuracy {acc:.2%})")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # -- loading a trained model --------------------------------------------------------------------

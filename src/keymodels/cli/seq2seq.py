@@ -193,7 +193,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.multi30k:
-        report = multi30k_report(*args.multi30k, args.out, beam=args.beam)
+        report = multi30k_report(*args.multi30k, args.out, beam=args.beam, alpha=args.alpha)
         print(f"{'':<10} {'test BLEU':>9} {'perplexity':>10}")
         for k, r in report.items():
             print(f"{k:<10} {r['bleu']:>9.2f} {r['ppl']:>10.2f}")
@@ -319,8 +319,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default 1: one RNN step is too small to split, and extra "
-        "threads only spin on a busy machine)",
+        help="torch CPU threads (default 1: a small model's RNN step is too small to split, "
+        "and extra threads only spin on a busy machine; Multi30k-size models on an idle "
+        "machine gain from 2 or more)",
     )
     t.add_argument("--max-minutes", type=float, help="stop after the epoch that would overrun this")
     t.add_argument(
@@ -358,6 +359,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="instead: BLEU by source length of two trained Multi30k runs on test2016",
     )
     x.add_argument("--beam", type=int, default=5, help="with --multi30k")
+    x.add_argument(
+        "--alpha", type=float, default=0.6, help="with --multi30k: length penalty exponent"
+    )
     x.add_argument("--no-progress", action="store_true")
     x.add_argument("--out", required=True)
     x.set_defaults(func=run_experiment)

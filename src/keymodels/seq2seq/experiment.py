@@ -196,13 +196,14 @@ def multi30k_report(
     beam: int = 5,
     data_dir: str | None = None,
     examples: Sequence[int] = (0, 1, 2, 3),
+    alpha: float = 0.6,
 ) -> dict[str, Any]:
     """Test BLEU, perplexity and BLEU by source length of a plain and an attention Multi30k run,
     ``bleu_vs_length.png`` and attention heatmaps of a few test sentences."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {"plain": load_run(plain_dir), "attention": load_run(attention_dir)}
-    result = {k: bleu_by_length(run, "test", beam, data_dir) for k, run in runs.items()}
+    result = {k: bleu_by_length(run, "test", beam, data_dir, alpha) for k, run in runs.items()}
     plot_lines(
         {
             k: [(_bucket_mid(r["length"]), r["bleu"]) for r in v["by_length"]]
@@ -211,7 +212,7 @@ def multi30k_report(
         out / "bleu_vs_length.png",
         "source length (words, bucket middle)",
         "BLEU",
-        f"Multi30k test2016 De→En, beam {beam}",
+        f"Multi30k test2016 De→En, beam {beam}, α {alpha}",
     )
     tc = runs["attention"].train_config
     if data_dir is not None:
@@ -250,7 +251,11 @@ def attention_heatmap(
 
 
 def bleu_by_length(
-    run: LoadedRun, split: str = "test", beam: int = 5, data_dir: str | None = None
+    run: LoadedRun,
+    split: str = "test",
+    beam: int = 5,
+    data_dir: str | None = None,
+    alpha: float = 0.6,
 ) -> dict[str, Any]:
     """BLEU (overall and by source-length bucket) of a Multi30k run on ``split``."""
     tc = run.train_config
@@ -259,4 +264,4 @@ def bleu_by_length(
     data = TranslationDataset(
         load_task(tc, split), run.src_vocab, run.tgt_vocab, run.model.config.max_len
     )
-    return evaluate(run.model, data, run.tgt_vocab, False, beam=beam)
+    return evaluate(run.model, data, run.tgt_vocab, False, beam=beam, alpha=alpha)

@@ -345,8 +345,8 @@ def _train(
         json.dumps({"model": config.to_dict(), "train": tc.to_dict()}, indent=2)
     )
     logger = MetricsLogger(out)
-    resumed_s = history[-1]["elapsed_s"] if history else 0.0  # wall time before a resume
-    epoch_times: list[float] = []
+    # elapsed_s and the --max-minutes budget count the training time before a resume too
+    start -= history[-1]["elapsed_s"] if history else 0.0
 
     def save(path: Path, epoch: int, **extra: Any) -> None:
         state = {
@@ -366,6 +366,7 @@ def _train(
         if partial:
             sums.update({k: partial[k] for k in sums})
             t0 -= sums["time"]
+            start -= sums["time"]
         # The batch order depends only on (seed, epoch): an interrupted epoch goes on where it was.
         loader.batch_sampler.set_epoch(epoch, start=sums["batches"])
         partial = None
@@ -435,7 +436,7 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "nonfinite_steps": sums["nonfinite"],
             "epoch_s": time.perf_counter() - t0,
-            "elapsed_s": time.perf_counter() - start + resumed_s,
+            "elapsed_s": time.perf_counter() - start,
         }
         history.append(row)
         logger.log(epoch, **{k: v for k, v in row.items() if k != "epoch"})
@@ -447,10 +448,9 @@ def _train(
             save(out / "best.safetensors", epoch)
         if on_epoch is not None:
             on_epoch(row)
-        epoch_times.append(time.perf_counter() - t0)
-        if tc.max_minutes is not None:
-            used = time.perf_counter() - start
-            if used + epoch_times[-1] > tc.max_minutes * 60 and epoch < tc.epochs:
+        if tc.max_minutes is not None and epoch < tc.epochs:
+            now = time.perf_counter()
+            if now - start + (now - t0) > tc.max_minutes * 60:  # the next epoch would overrun
                 log.info(
                     "stopping after epoch %d: the next would exceed %s min", epoch, tc.max_minutes
                 )
