@@ -1,6 +1,7 @@
 """PNG figures shared by the model families: attention heatmaps and metric-against-length lines.
 
-Matplotlib runs with the Agg backend (no display needed); every function returns the PNG path.
+Matplotlib runs with the Agg backend (no display needed); ``save_figure`` writes and frees a
+figure for every module that draws one, and every function returns the PNG path.
 """
 
 from __future__ import annotations
