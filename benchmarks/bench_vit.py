@@ -8,6 +8,13 @@ explicit attention path (forward_attention, which also returns the weights) over
     python benchmarks/bench_vit.py            # ViT-Ti/16 and ViT-S/16, batch 1 and 32, 2 threads
     python benchmarks/bench_vit.py --base     # also ViT-B/16
     python benchmarks/bench_vit.py --quick    # smoke run: Ti/16 only, few rounds
+    python benchmarks/bench_vit.py --paths    # the precision/compile paths against timm fp32
+
+``--paths`` times, in one process and interleaved: timm fp32 (the reference), timm under bf16
+autocast, keymodels fp32, keymodels bf16 autocast, keymodels compiled (inductor, freezing) with
+bf16 autocast, and keymodels int8 (dynamic quantization of the Linear layers); it also measures
+the fp32 and bf16 matmul peak of this machine in the same run, the % of that peak each path
+reaches, and the compile time of a fresh process with a cold and with a warm compile cache.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import timm
 import torch
 
 from keymodels import create_model
+from keymodels.runtime import autocast, compile_model
 
 
 def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -116,6 +124,104 @@ def peak_memory(lib: str, name: str, batch: int) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
+def matmul_peak(dtype: torch.dtype, n: int = 1024, min_seconds: float = 1.0) -> float:
+    """GFLOP/s of an n×n by n×n matmul in ``dtype`` (median of 3 timings)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = [time_calls(lambda: a @ b, min_seconds / 3)[0] for _ in range(3)]
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def int8_dynamic(model: torch.nn.Module) -> torch.nn.Module:
+    """Linear layers with int8 weights and dynamically quantized activations (fbgemm, VNNI)."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+        )
+
+
+def compile_probe(name: str, batch: int) -> None:
+    """In a fresh process: seconds from building the model to the first compiled bf16 output."""
+    torch.set_num_threads(2)
+    model = create_model(name).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    start = time.perf_counter()
+    compiled = compile_model(model)
+    with torch.inference_mode(), autocast("bf16"):
+        compiled(x)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def compile_seconds(name: str, batch: int, cache: str) -> float:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    out = subprocess.run(
+        [sys.executable, __file__, "--compile-probe", name, str(batch)],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
+
+
+def paths_table(
+    names: list[str], batches: tuple[int, ...], rounds: int, min_seconds: float
+) -> None:
+    """img/s of every path, its speed over timm fp32, and its share of this machine's peak."""
+    import tempfile
+
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"# matmul peak 1024×1024: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f}")
+    print(
+        f"{'model':<22} {'batch':>5} {'path':<26} {'img/s':>7} {'× timm fp32':>11} "
+        f"{'× timm bf16':>11} {'% peak':>7}"
+    )
+    for name in names:
+        ours, ref = build_pair(name)
+        flops = 2 * ours.config.macs()
+        quantized = int8_dynamic(ours)
+        for batch in batches:
+            x = torch.randn(batch, 3, 224, 224)
+            compiled = compile_model(ours)
+            with torch.inference_mode():
+                with autocast("bf16"):
+                    compiled(x)  # compile outside the timings
+
+                def bf16(fn, x=x):
+                    with autocast("bf16"):
+                        return fn(x)
+
+                paths = {
+                    "timm fp32": (lambda m=ref, x=x: m(x), "fp32"),
+                    "timm bf16 autocast": (lambda m=ref: bf16(m), "bf16"),
+                    "keymodels fp32": (lambda m=ours, x=x: m(x), "fp32"),
+                    "keymodels bf16 autocast": (lambda m=ours: bf16(m), "bf16"),
+                    "keymodels compiled+bf16": (lambda m=compiled: bf16(m), "bf16"),
+                    "keymodels int8 dynamic": (lambda m=quantized, x=x: m(x), "bf16"),
+                }
+                result = interleaved({k: v[0] for k, v in paths.items()}, rounds, min_seconds)
+            base_bf16 = result["timm bf16 autocast"]["time_vs_first"]
+            for path, (_, dtype) in paths.items():
+                r = result[path]
+                speed = 1 / r["time_vs_first"]
+                img_s = batch / r["seconds"]
+                share = 100 * img_s * flops / 1e9 / peak[dtype]
+                print(
+                    f"{name:<22} {batch:>5} {path:<26} {img_s:>7.1f} {speed:>11.2f} "
+                    f"{base_bf16 / r['time_vs_first']:>11.2f} {share:>6.0f}%",
+                    flush=True,
+                )
+            del compiled
+            torch._dynamo.reset()
+    with tempfile.TemporaryDirectory() as cache:
+        name = names[-1]
+        cold = compile_seconds(name, 1, cache)
+        warm = compile_seconds(name, 1, cache)
+    print(f"# {name}, batch 1, first compiled output in a fresh process: cold cache {cold:.1f} s, "
+          f"warm cache {warm:.1f} s")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", action="store_true", help="also ViT-B/16")
@@ -124,13 +230,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds per model and batch")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="least wall time per timing")
+    parser.add_argument("--paths", action="store_true", help="precision and compile paths")
     parser.add_argument(
         "--memory-probe", nargs=3, metavar=("LIB", "NAME", "BATCH"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--compile-probe", nargs=2, metavar=("NAME", "BATCH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.memory_probe:
         lib, name, batch = args.memory_probe
         memory_probe(lib, name, int(batch))
+        return
+    if args.compile_probe:
+        compile_probe(args.compile_probe[0], int(args.compile_probe[1]))
         return
 
     torch.set_num_threads(args.threads)
@@ -145,9 +258,14 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     print(
-        f"# {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, fp32, "
-        f"torch {torch.__version__}, timm {timm.__version__}, load average {load:.1f} at start"
+        f"# {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+        f"{'precision paths' if args.paths else 'fp32'}, torch {torch.__version__}, "
+        f"timm {timm.__version__}, load average {load:.1f} at start"
     )
+    if args.paths:
+        paths_table(names, batches, rounds, min_seconds)
+        print(f"# load average {os.getloadavg()[0]:.1f} at end")
+        return
     print(
         f"{'model':<22} {'batch':>5} {'keymodels img/s':>16} {'timm img/s':>11} {'ratio':>6} "
         f"{'ratio cpu':>9} {'mem km MiB':>10} {'mem timm MiB':>12} {'explicit/fused':>14}"

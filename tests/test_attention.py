@@ -317,6 +317,31 @@ def test_errors_are_invalid_input_errors():
         attend(torch.randn(1, 4), torch.randn(1, 3, 5))
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: p[:1],  # one sentence's projection: would broadcast over the batch
+        lambda p: p[:, :1],  # one position's: would broadcast over the source
+        lambda p: p[..., :2],  # another module's attn_dim: a bare RuntimeError before
+        lambda p: p.flip(1)[:, 1:],  # from other keys
+    ],
+    ids=["batch", "positions", "attn_dim", "other_keys"],
+)
+def test_wrong_keys_proj_is_a_clear_error(bad):
+    torch.manual_seed(0)
+    attn = Attention(4, 3, score="concat", attn_dim=5)
+    q, k = torch.randn(2, 4), torch.randn(2, 6, 3)
+    with pytest.raises(InvalidInputError, match=r"keys_proj must be .*\(2, 6, 5\).*project_keys"):
+        attn(q, k, keys_proj=bad(attn.project_keys(k)))
+
+
+def test_keys_proj_for_a_score_that_does_not_use_it_is_an_error():
+    attn = Attention(4, score="general")
+    q, k = torch.randn(2, 4), torch.randn(2, 6, 4)
+    with pytest.raises(InvalidInputError, match=r"only used by the 'concat' score.*keys_proj=None"):
+        attn(q, k, keys_proj=torch.randn(2, 6, 4))
+
+
 # -- multi-head attention ----------------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,24 @@ def test_atomic_write_other_errors_propagate_and_clean_up(tmp_path):
     assert list(target.parent.iterdir()) == []
     atomic_write(target, lambda tmp: tmp.write_text("done"))
     assert target.read_text() == "done"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    # mkstemp's 0o600 would survive the rename and hide a run from other users and servers.
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        written = [
+            atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x")),
+            save_checkpoint(tmp_path / "c.safetensors", Checkpoint({"w": torch.ones(2)})),
+        ]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
 
 
 @pytest.mark.parametrize("keep", [0.5, -1])

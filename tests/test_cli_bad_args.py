@@ -1,7 +1,8 @@
 """Every command, run with wrong arguments or bad files: exit code 2 and one line naming the
 problem, never a traceback (``--debug`` shows it).
 
-``python tests/test_cli_bad_args.py`` prints the README's table of these cases from a real run.
+``python tests/test_cli_bad_args.py`` prints the table of these cases in docs/errors.md from a real
+run: the messages longer than ``LONG`` characters go into a list under the table, not into its cells.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import gzip
 import io
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ import pytest
 from keymodels.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+ERRORS_DOC = ROOT / "docs" / "errors.md"  # the table of these cases; the README links to it
+LONG = 300  # characters: a longer message is listed under the table instead of filling a cell
 
 # (what is wrong, argv with {placeholders}, a fragment the one-line message must contain)
 CASES = [
@@ -127,10 +129,17 @@ def test_debug_adds_the_traceback(inputs):
     assert err.strip().splitlines()[-1].startswith("keymodels eval: error:")
 
 
-def test_readme_lists_every_case():
-    readme = (ROOT / "README.md").read_text()
-    missing = [what for what, _, _ in CASES if f"| {what} |" not in readme]
-    assert not missing, f"README's table of bad inputs lacks {missing}"
+def test_errors_doc_lists_every_case():
+    doc = ERRORS_DOC.read_text(encoding="utf-8")
+    missing = [what for what, _, _ in CASES if f"| {what} |" not in doc]
+    assert not missing, f"the table of bad inputs in {ERRORS_DOC.relative_to(ROOT)} lacks {missing}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(docs/errors.md)" in readme, "the README does not link to docs/errors.md"
+
+
+def _code_span(text: str) -> str:
+    """``text`` as inline code, with double backticks when it holds backticks itself."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 if __name__ == "__main__":
@@ -138,11 +147,19 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs = _make_inputs(Path(tmp))
+        long_messages = []
         print("| what is wrong | command | what the user sees (stderr, exit code 2) |")
         print("| --- | --- | --- |")
         for what, argv, _ in CASES:
             code, err = run_case(argv, inputs)
-            shown = err.strip().replace(tmp, "…").replace("|", "\\|")
+            shown = f"{_code_span(err.strip().replace(tmp, '…'))} (exit {code})"
+            if len(shown) > LONG:
+                long_messages.append(f"- **{what}**: {shown}")
+                shown = "[in full below](#long-messages)"
             cmd = " ".join(a if " " not in a else "'…'" for a in argv).replace("{tmp}/", "")
-            cmd = cmd.replace("{", "").replace("}", "").replace("|", "\\|")
-            print(f"| {what} | `keymodels {cmd}` | `{shown}` (exit {code}) |", file=sys.stdout)
+            cmd = cmd.replace("{", "").replace("}", "")
+            cells = [what, f"`keymodels {cmd}`", shown]
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if long_messages:
+            print("\n### Long messages\n")
+            print("\n".join(long_messages))

@@ -7,6 +7,8 @@ array by array here), converted, and compared; round trips must give bit-identic
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -486,6 +488,27 @@ def test_write_dir_leaves_nothing_half_written(tmp_path: Path) -> None:
         write_dir(tmp_path / "old", files)
     assert (tmp_path / "old" / "a.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_converter_outputs_get_the_usual_permissions(tmp_path: Path, umask: int) -> None:
+    # Files are written under private temporary names and renamed; the rename must not carry
+    # mkstemp's 0o600 (or mkdtemp's 0o700) over to what the user sees.
+    model = small_keymodels()
+    old = os.umask(umask)
+    try:
+        for name in ("m.safetensors", "m.pth", "m.npz"):
+            save(model, tmp_path / name, "jax" if name.endswith(".npz") else "timm")
+        for fmt in ("hf", "keymodels"):
+            save(model, tmp_path / fmt, fmt)
+            save(model, tmp_path / fmt, fmt)  # into an existing directory, file by file
+    finally:
+        os.umask(old)
+    written = sorted(tmp_path.rglob("*"))
+    assert len(written) == 3 + 2 + 4  # three files, two directories of two files each
+    for path in written:
+        mode = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.relative_to(tmp_path)
 
 
 def test_cli_convert_chain(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -19,8 +19,11 @@ import torch
 
 from keymodels.checkpoint import load_checkpoint
 
-VIT = ["train", "--recipe", "digits", "--epochs", "3", "--batch-size", "128", "--deterministic"]
-SEQ2SEQ = ["seq2seq", "train", "--task", "copy", "--model", "seq2seq_tiny_attn", "--epochs", "3"]
+# Runs compared with each other pin the precision: "auto" measures, and may choose differently.
+VIT = ["train", "--recipe", "digits", "--epochs", "3", "--batch-size", "128", "--deterministic",
+       "--precision", "fp32"]  # fmt: skip
+SEQ2SEQ = ["seq2seq", "train", "--task", "copy", "--model", "seq2seq_tiny_attn", "--epochs", "3",
+           "--precision", "fp32"]  # fmt: skip
 SEQ2SEQ += ["--train-size", "640", "--min-length", "2", "--max-length", "6", "--symbols", "6"]
 # digits: 11 steps an epoch at batch 128; copy: 10 steps an epoch at batch 64.
 JOBS = {"vit": (VIT, 11), "seq2seq": (SEQ2SEQ, 10)}

@@ -31,6 +31,7 @@ from keymodels.data import (
     read_idx,
     train_transform,
 )
+from keymodels.data.recipes import Recipe
 from keymodels.errors import InvalidInputError
 
 FMNIST_FILES = [
@@ -395,6 +396,16 @@ def test_recipes_and_errors() -> None:
         get_recipe("digits", model="vit_nope")
     with pytest.raises(InvalidInputError, match=r"unknown recipe field\(s\) \['epoch'\]"):
         get_recipe("digits", epoch=3)
+    with pytest.raises(
+        InvalidInputError, match=r"unknown augment field\(s\) \['mix_up'\].*Did you mean 'mixup'"
+    ):
+        get_recipe("digits", augment={"mix_up": 0.2})
+    d = get_recipe("digits").to_dict()
+    assert Recipe.from_dict(d) == get_recipe("digits")
+    with pytest.raises(InvalidInputError, match=r"unknown recipe field\(s\) \['lr_min'\]"):
+        Recipe.from_dict({**d, "lr_min": 0.0})
+    with pytest.raises(InvalidInputError, match=r"unknown augment field\(s\) \['flip'\]"):
+        Recipe.from_dict({**d, "augment": {"flip": True}})
     with pytest.raises(InvalidInputError, match="unknown data set 'svhn'"):
         load_dataset("svhn")
     with pytest.raises(InvalidInputError, match="auto_augment"):

@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
             return loss * float("nan") if rank == "1" and len(calls) == 2 else loss
         engine.compute_loss = nan_on_rank1
         try:
-            train(recipe, out, device="cpu", progress=False, max_steps=4)
+            train(recipe, out, device="cpu", precision="fp32", progress=False, max_steps=4)
         except engine.NonFiniteLossError as e:
             open(os.path.join(out + "-stopped" + rank), "w").write(str(e))
         sys.exit(0)
@@ -50,12 +50,13 @@ SCRIPT = textwrap.dedent(
         if sys.argv[2] == "stop" and rank == "1":
             os.environ["KEYMODELS_CRASH_AT"] = "train_step:30:SIGTERM"
         try:
-            result = train(recipe, out, device="cpu", progress=False, resume=sys.argv[2] == "resume")
+            result = train(recipe, out, device="cpu", precision="fp32", progress=False, resume=sys.argv[2] == "resume")
         except TrainingInterrupted as e:
             open(out + "-stopped" + rank, "w").write(str(e))
             sys.exit(0)
     else:
-        result = train(recipe, out, device="cpu", progress=False, max_steps=4)
+        # "auto" on every rank: rank 0's measured choice must hold for all (equal weights below)
+        result = train(recipe, out, device="cpu", precision="auto", progress=False, max_steps=4)
     save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
               os.path.join(out, f"rank{rank}.safetensors"))
     """

@@ -40,6 +40,14 @@ def np_rollout_fused(fused: list[np.ndarray], query: np.ndarray) -> np.ndarray:
     return query @ R
 
 
+def np_grad_rollout_fused(fused: list[np.ndarray], query: np.ndarray) -> np.ndarray:
+    """query · R for one sample, R built as Chefer et al. 2021 do: R = I, then R ← R + Ā·R."""
+    R = np.eye(fused[0].shape[0])
+    for a in fused:
+        R = R + a @ R
+    return query @ R
+
+
 def np_query(n: int, prefix: int, pool: str) -> np.ndarray:
     q = np.zeros(n)
     if pool == "token" and prefix:
@@ -205,6 +213,8 @@ def test_explain_restores_training_mode():
 
 def test_grad_rollout_matches_numpy_on_autograd_gradients():
     model = toy_model()
+    with torch.no_grad():  # gradients of O(1), so that the two rules below differ clearly
+        model.head.weight.mul_(100.0)
     images = torch.randn(2, 1, 4, 6)
     e = ex.explain(model, images, "grad-rollout", class_index=[2, 0])
     assert e.class_index.tolist() == [2, 0]
@@ -216,11 +226,26 @@ def test_grad_rollout_matches_numpy_on_autograd_gradients():
             np.maximum(g[0].double().numpy() * a[0].detach().double().numpy(), 0).mean(axis=0)
             for g, a in zip(grads, attentions)
         ]
-        want = np_to_grid(np_rollout_fused(fused, np_query(7, 1, "token")), 1, (2, 3))
+        want = np_to_grid(np_grad_rollout_fused(fused, np_query(7, 1, "token")), 1, (2, 3))
         np.testing.assert_allclose(e.maps[b].double().numpy(), want, atol=1e-5)
+        # Re-normalising the rows of I + Ā (plain rollout's rule) is not the paper's rule.
+        renormalised = np_to_grid(np_rollout_fused(fused, np_query(7, 1, "token")), 1, (2, 3))
+        assert b == 1 or np.abs(want - renormalised).max() > 100 * 1e-5
     # Sample 0 gets a map; for sample 1 no attention raises class 0 in any block's class-token
     # row (the patch rows of the last block never reach the head), so its map is all zeros.
     assert e.maps[0].sum() == pytest.approx(1.0) and e.maps[1].abs().sum() == 0
+
+
+def test_grad_rollout_accumulates_relevance_without_renormalising_worked_by_hand():
+    # Tokens [cls, p1, p2]. Block 1: p2 takes relevance 3 from p1, cls 0.5 from p1.
+    # Block 2: cls takes relevance 2 from p2.
+    a1 = torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    a2 = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # R = (I + Ā_2)(I + Ā_1); its cls row: [1, 0, 2] + [1, 0, 2]·Ā_1 = [1, 0.5 + 6, 2].
+    cls_row = ex.accumulate([a1[None], a2[None]], torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(cls_row, torch.tensor([[1.0, 6.5, 2.0]]))
+    # The map: the patches' share, [6.5, 2] / 8.5. Re-normalised rows would give [0.786, 0.214].
+    torch.testing.assert_close(ex.to_grid(cls_row, 1, (1, 2)), torch.tensor([[[13 / 17, 4 / 17]]]))
 
 
 def test_grad_rollout_explains_the_predicted_class_by_default_and_differs_per_class():

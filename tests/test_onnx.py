@@ -57,8 +57,8 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(torch.onnx, "export", broken_export)
-    with pytest.raises(OnnxError, match="exporter crashed"):
-        export_onnx(random_model(), tmp_path / "vit.onnx")
+    with pytest.raises(OnnxError, match="exporter crashed"):  # a permitted overwrite that fails
+        export_onnx(random_model(), tmp_path / "vit.onnx", force=True)
     assert (tmp_path / "vit.onnx").read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["vit.onnx"]
     with pytest.raises(InvalidInputError, match=r"\.onnx"):

@@ -69,6 +69,8 @@ def test_unknown_name_lists_known_and_suggests_closest():
 
 def test_unknown_override_field_names_the_valid_ones():
     with pytest.raises(
-        ValueError, match=r"unknown config field\(s\) \['depht'\] .*valid fields: .*depth"
+        ValueError,
+        match=r"unknown 'vit_tiny_patch16_224' config field\(s\) \['depht'\]; valid fields: .*depth"
+        r".*Did you mean 'depth'\?",
     ):
         get_config("vit_tiny_patch16_224", depht=3)

@@ -76,6 +76,17 @@ def test_vocabulary_save_load_round_trip(tmp_path):
         Vocabulary.from_dict({"tokens": ["a", "b"]})
 
 
+def test_vocabulary_from_dict_rejects_unknown_and_missing_keys():
+    d = Vocabulary.build([["a"]]).to_dict()
+    with pytest.raises(
+        InvalidInputError,
+        match=r"unknown vocabulary field\(s\) \['lower_case'\]; valid fields: lowercase, tokens",
+    ):
+        Vocabulary.from_dict({**d, "lower_case": True})
+    with pytest.raises(InvalidInputError, match=r"needs its 'tokens'.*got only \['lowercase'\]"):
+        Vocabulary.from_dict({"lowercase": True})
+
+
 def test_multi30k_official_counts(shared_data):
     root = shared_data / "multi30k"
     counts = {split: len(load_multi30k(root, split)) for split in ("train", "val", "test")}

@@ -173,6 +173,17 @@ def test_bad_config_is_a_clear_error(kw, match):
         Seq2SeqConfig(**kw)
 
 
+def test_config_from_dict_rejects_unknown_keys():
+    config = Seq2SeqConfig(hidden_dim=32)
+    assert Seq2SeqConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(
+        InvalidInputError,
+        match=r"unknown seq2seq config field\(s\) \['hiden_dim'\]; valid fields: attention, "
+        r".*hidden_dim.*Did you mean 'hidden_dim'\?",
+    ):
+        Seq2SeqConfig.from_dict({"hiden_dim": 32})
+
+
 def test_empty_source_is_rejected():
     model = _variant(dict(attention="dot"))
     with pytest.raises(InvalidInputError, match="at least one token"):

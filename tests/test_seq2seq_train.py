@@ -57,14 +57,19 @@ def test_copy_task_is_learned_to_100_percent(tmp_path):
         assert (tmp_path / name).is_file()
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_continues_exactly(tmp_path, precision):
     torch.set_num_threads(1)
     # dropout and teacher forcing < 1 use the random generators that resume must restore
     tc = TrainConfig(epochs=3, train_size=300, teacher_forcing=0.5, **{**COPY, "val_size": 50})
-    kw = dict(progress=False, dropout=0.3)
+    kw = dict(progress=False, dropout=0.3, precision=precision)
     full = train("seq2seq_tiny_attn", tc, tmp_path / "full", **kw)
     train("seq2seq_tiny_attn", dataclasses.replace(tc, epochs=1), tmp_path / "split", **kw)
-    resumed = train("seq2seq_tiny_attn", tc, tmp_path / "split", resume=True, **kw)
+    # "auto" on resume keeps the run's recorded precision: still exact
+    resumed = train(
+        "seq2seq_tiny_attn", tc, tmp_path / "split", resume=True, **{**kw, "precision": "auto"}
+    )
+    assert [r["precision"] for r in resumed["history"]] == [precision] * 3
     keys = ("epoch", "train_loss", "val_loss", "val_acc")
     assert [[r[k] for k in keys] for r in resumed["history"]] == [
         [r[k] for k in keys] for r in full["history"]
@@ -172,6 +177,18 @@ def test_bad_train_config():
         TrainConfig(task="wmt14")
     with pytest.raises(InvalidInputError, match="teacher_forcing"):
         TrainConfig(teacher_forcing=1.5)
+
+
+def test_train_config_from_dict_rejects_unknown_keys():
+    # Dropping them made a typo in a saved or hand-written config a silent default.
+    tc = TrainConfig(epochs=3)
+    assert TrainConfig.from_dict(tc.to_dict()) == tc
+    with pytest.raises(
+        InvalidInputError,
+        match=r"unknown train config field\(s\) \['epoch', 'zz'\]; valid fields: batch_size, "
+        r".*epochs.*Did you mean 'epochs'\?",
+    ):
+        TrainConfig.from_dict({**tc.to_dict(), "epoch": 5, "zz": 1})
 
 
 def test_gradient_to_first_input_vanishes_without_attention():

@@ -111,11 +111,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {**ckpt.model, **{f"train.{k}": v for k, v in ckpt.state.get("train_model", {}).items()}}
 
 
-def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     # EMA and label smoothing on, augmentation on: everything that draws random numbers or
     # carries state across epochs must be restored for the weights to match bit for bit.
     recipe = tiny_recipe(epochs=3, ema=0.9, augment={"crop_padding": 1, "random_erasing": 0.5})
-    train(recipe, tmp_path / "straight", progress=False, deterministic=True)
+    kw = dict(progress=False, deterministic=True, precision=precision)
+    train(recipe, tmp_path / "straight", **kw)
 
     real = train_module.train_one_epoch
     calls = []
@@ -128,10 +130,11 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "resumed", progress=False, deterministic=True)
+        train(recipe, tmp_path / "resumed", **kw)
     assert load_checkpoint(tmp_path / "resumed" / "last.safetensors").state["epoch"] == 1
     monkeypatch.setattr(train_module, "train_one_epoch", real)
-    train(recipe, tmp_path / "resumed", resume=True, progress=False, deterministic=True)
+    # "auto" on resume keeps the run's recorded precision: still exact
+    train(recipe, tmp_path / "resumed", resume=True, **{**kw, "precision": "auto"})
 
     a = _weights(tmp_path / "straight" / "last.safetensors")
     b = _weights(tmp_path / "resumed" / "last.safetensors")
@@ -140,6 +143,9 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert torch.equal(a[k], b[k]), k
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4  # header + 3 epochs, none repeated
+    assert all(row.endswith(f",{precision}") for row in rows[1:])  # recorded every epoch
+    chosen = json.loads((tmp_path / "resumed" / "precision.json").read_text())
+    assert chosen["precision"] == precision
     # And the history does not merely look alike: resuming from epoch 1 again changes nothing.
     initial = create_model("vit_digits_patch2_8", **TINY).state_dict()
     assert not torch.equal(a["train.pos_embed"], initial["pos_embed"])

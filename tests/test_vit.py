@@ -345,7 +345,7 @@ def test_config_dict_round_trip():
         ),
         (
             lambda: create_model("vit_tiny_patch16_224", dept=2),
-            r"unknown config field\(s\) \['dept'\]",
+            r"unknown 'vit_tiny_patch16_224' config field\(s\) \['dept'\].*Did you mean 'depth'",
         ),
         (
             lambda: VisionTransformer(ViTConfig(), dept=2),

@@ -226,12 +226,27 @@ class Attention(nn.Module):
                 f"{self.key_dim}; got shapes {tuple(query.shape)} and {tuple(keys.shape)}"
             )
         if self.score != "concat":
+            if keys_proj is not None:  # ignoring it would hide a caller's mix-up of modules
+                raise InvalidInputError(
+                    f"keys_proj is only used by the 'concat' score; this Attention uses "
+                    f"{self.score!r}. Pass keys_proj=None (project_keys returns None for it)."
+                )
             params = {"W": self.W} if self.score == "general" else {}
             return attend(query, keys, values, self.score, mask, **params)
         values = keys if values is None else values
         _check_shapes(query, keys, values, mask)
         if keys_proj is None:
             keys_proj = self.W_h(keys)
+        else:
+            # A stale or mis-ordered projection broadcasts (B or N of 1) into a silently wrong
+            # context, or fails deep inside with a bare RuntimeError.
+            expected = (*keys.shape[:2], self.v.shape[0])
+            if tuple(keys_proj.shape) != expected:
+                raise InvalidInputError(
+                    f"keys_proj must be project_keys(keys), [B, N, A] = {expected} for keys of "
+                    f"shape {tuple(keys.shape)}; got {tuple(keys_proj.shape)}. Compute it from "
+                    "the same keys with this module's project_keys, and reorder it with them."
+                )
         step = query.dim() == 2
         q = query.unsqueeze(1) if step else query
         e = _additive(self.W_s(q), keys_proj, self.v)  # [B, T, N]

@@ -6,12 +6,14 @@ metadata, the JSON of everything else; it is written to a temporary file and ren
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,19 +45,42 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def temp_beside(path: Path, directory: bool = False) -> Path:
+    """Create an empty file (or directory) ``.NAME.XXXXXXXX.tmp`` beside ``path`` and return it.
+
+    It gets the permissions ``open(path, "w")`` (or ``mkdir``) would give: 0o666 (0o777) less
+    the umask, which the kernel applies. ``tempfile.mkstemp``/``mkdtemp`` make it 0o600/0o700,
+    and the rename would carry that over, leaving a run unreadable to other users or a server.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            if directory:
+                tmp.mkdir(mode=0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name beside", str(path))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``: readers see the old or the new file.
 
+    The file gets the permissions of one written with ``open(path, "w")`` (0o666 less the umask).
     On any failure (a full disk, a kill) the previous file at ``path`` is untouched and the
     temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(path)
+    # Some writers replace the file with a private one (safetensors 0.8 writes 0o600): the mode
+    # the kernel gave the empty file is put back before the rename.
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, mode)
         crash_point("checkpoint_write", writing=tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())

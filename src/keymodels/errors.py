@@ -28,3 +28,20 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> InvalidInputErro
         else ", ".join(known[:10]) + f", … ({len(known)} in all)"
     )
     return InvalidInputError(f"unknown {kind} {name!r}.{hint} Known: {listed}.")
+
+
+def reject_unknown_fields(kind: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise :class:`InvalidInputError` naming each of ``given`` not in ``valid``, listing those.
+
+    Every ``from_dict`` and override check uses it: dropping an unknown key instead would turn a
+    typo (``"dept"``), or a config written by a newer version, into a silent default.
+    """
+    valid = sorted(valid)
+    unknown = sorted(set(given) - set(valid))
+    if not unknown:
+        return
+    close = {m for k in unknown for m in difflib.get_close_matches(k, valid, n=1, cutoff=0.6)}
+    hint = f" Did you mean {', '.join(map(repr, sorted(close)))}?" if close else ""
+    raise InvalidInputError(
+        f"unknown {kind} field(s) {unknown}; valid fields: {', '.join(valid)}.{hint}"
+    )

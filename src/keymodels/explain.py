@@ -8,9 +8,10 @@ weights are discarded, the identity is added for the residual connection and the
 re-normalised, Â_l = (A_l + I) / rowsum(A_l + I), and the layers are multiplied,
 R = Â_L ⋯ Â_1. The map is the class token's row of R (the mean of the patch tokens' rows for
 models that pool by averaging), restricted to the patch tokens. Everything is per sample: a batch
-gives the same maps as each image alone. The gradient-weighted variant (Chefer et al. 2021)
-replaces the fused A_l by mean_h (∂y_k/∂A_l ⊙ A_l)⁺, the part of the attention that raises the
-logit y_k of class k.
+gives the same maps as each image alone. The gradient-weighted variant follows Chefer et al.
+2021 ("Generic Attention-model Explainability…", rules 5 and 6): Ā_l = mean_h (∂y_k/∂A_l ⊙ A_l)⁺,
+the part of the attention that raises the logit y_k of class k, accumulated as R ← R + Ā_l·R
+from R = I, i.e. R = (I + Ā_L) ⋯ (I + Ā_1) with no row re-normalisation.
 """
 
 from __future__ import annotations
@@ -27,14 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write
-from .errors import InvalidInputError, KeymodelsError, unknown_name
+from .errors import InvalidInputError, unknown_name
+from .rundir import OutputExistsError  # one error for every refused overwrite
 
 METHODS = ("rollout", "grad-rollout", "heads")
 HEAD_FUSIONS = ("mean", "max", "min")
-
-
-class OutputExistsError(KeymodelsError, FileExistsError):
-    """A picture would overwrite an existing file without permission."""
 
 
 @dataclass
@@ -146,6 +144,27 @@ def propagate(attentions: Sequence[Tensor], query: Tensor) -> Tensor:
         # product as v · add_residual(A) without writing an N×N matrix per layer.
         u = v / (a.sum(dim=-1) + 1.0).unsqueeze(1)
         v = torch.baddbmm(u, u, a)
+    return v.squeeze(1)
+
+
+def accumulate(attentions: Sequence[Tensor], query: Tensor) -> Tensor:
+    """``query`` · (I + Ā_L) ⋯ (I + Ā_1): Chefer et al.'s rule R ← R + Ā_l·R from R = I, per sample.
+
+    Unlike :func:`propagate` the rows are not re-normalised: Ā_l is a relevance, not a
+    distribution, and re-normalising would make every token pass on the same total however much
+    relevance its row holds; the paper's rule keeps those magnitudes. Carried from the top as a
+    vector, as in :func:`propagate`.
+
+    Args:
+        attentions: L relevance matrices Ā_l [B, N, N], non-negative, first layer first.
+        query: [B, N], which row (or mix of rows) of R to return.
+
+    Returns:
+        [B, N], the relevance of every input token.
+    """
+    v = query.unsqueeze(1)  # [B, 1, N]
+    for a in reversed(attentions):
+        v = torch.baddbmm(v, v, a)  # v · (I + Ā) without an N×N identity
     return v.squeeze(1)
 
 
@@ -278,10 +297,11 @@ def class_indices(
 def grad_rollout(
     model: nn.Module, images: Tensor, class_index: int | Sequence[int] | Tensor | None = None
 ) -> Explanation:
-    """Gradient-weighted rollout: why the model gives class k (Chefer et al. 2021 style).
+    """Gradient-weighted rollout: why the model gives class k (Chefer et al. 2021).
 
     In each layer Ā_l = mean_h (∂y_k/∂A_l ⊙ A_l)⁺ keeps the attention that raises the logit y_k;
-    then Â_l = (Ā_l + I) / rowsum, multiplied over layers and read out as :func:`rollout`.
+    the relevance R = (I + Ā_L) ⋯ (I + Ā_1) is the paper's R ← R + Ā_l·R from R = I (see
+    :func:`accumulate`), read out as :func:`rollout` reads its product.
     One backward pass serves the whole batch: samples do not interact in the forward pass, so the
     gradient of Σ_b y_{b,k_b} with respect to sample b's weights is sample b's own gradient.
 
@@ -309,7 +329,7 @@ def grad_rollout(
     fused = [(g * a.detach()).clamp(min=0).mean(dim=1) for g, a in zip(grads, attentions)]
     B, N, _ = fused[0].shape
     query = readout_query(B, N, model.num_prefix_tokens, model.global_pool, fused[0])
-    maps = to_grid(propagate(fused, query), model.num_prefix_tokens, _grid(model, images))
+    maps = to_grid(accumulate(fused, query), model.num_prefix_tokens, _grid(model, images))
     return Explanation(maps, logits.detach(), "grad-rollout", index)
 
 

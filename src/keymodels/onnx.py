@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import InvalidInputError, KeymodelsError
 from .layers import to_2tuple
+from .rundir import check_writable_output
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 _MAX_SINGLE_FILE = 1_900_000_000  # protobuf's 2 GB limit, with room for the graph
@@ -26,7 +27,9 @@ class OnnxError(KeymodelsError):
     """An export or onnxruntime check that failed."""
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = None) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, opset: int | None = None, force: bool = False
+) -> Path:
     """Export ``model`` (images [B, C, H, W] -> logits [B, K]) to ``path`` with a dynamic batch.
 
     Models over ~2 GB (ViT-H) keep their weights beside the graph in ``<path>.data``.
@@ -35,10 +38,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
         model: a keymodels ``VisionTransformer`` (anything with ``config.in_chans/img_size``).
         path: the ``.onnx`` file to write.
         opset: ONNX opset version (None: the exporter's default).
+        force: overwrite an existing ``path``; otherwise that is an error.
     """
     path = Path(path)
     if path.suffix != ".onnx":
         raise InvalidInputError(f"the ONNX file name should end in .onnx; got {path}")
+    check_writable_output(path, force, what="ONNX file")
     config = model.config
     h, w = to_2tuple(config.img_size)
     example = torch.randn(2, config.in_chans, h, w)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import InvalidInputError, unknown_name
+from .errors import InvalidInputError, reject_unknown_fields, unknown_name
 
 _REGISTRY: dict[str, tuple[Any, Callable[[Any], nn.Module]]] = {}
 
@@ -34,12 +34,7 @@ def get_config(name: str, **overrides: Any) -> Any:
     if name not in _REGISTRY:
         raise unknown_name("model", name, _REGISTRY)
     config, _ = _REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(config)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise InvalidInputError(
-            f"unknown config field(s) {bad} for {name!r}; valid fields: {', '.join(sorted(fields))}"
-        )
+    reject_unknown_fields(f"{name!r} config", overrides, (f.name for f in dataclasses.fields(config)))
     return dataclasses.replace(config, **overrides)
 
 

@@ -1,7 +1,7 @@
 """The training engine: a recipe and a data folder in, a trained ViT and its run folder out.
 
-AdamW (no decay on norms, biases, embeddings), warmup + cosine, clipping, EMA, AMP on CUDA,
-torchrun DDP; atomic checkpoints every epoch that ``resume=True`` continues exactly.
+AdamW (no decay on norms, biases, embeddings), warmup + cosine, clipping, EMA, bf16 autocast
+where measured faster (``keymodels.runtime``), torchrun DDP; atomic checkpoints every epoch that ``resume=True`` continues exactly.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from .layers import to_2tuple
 from .metrics import MetricsLogger, plot_curves
 from .plotting import pyplot, save_figure
 from .registry import get_config
+from .rundir import claim_run_folder
 from .runguard import (
     GracefulStop,
     NonFiniteGuard,
@@ -66,6 +67,7 @@ from .runguard import (
     crash_point,
     remove_stale_temp_files,
 )
+from .runtime import PrecisionChoice, choose_training_precision
 from .vit import VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
@@ -421,6 +423,28 @@ def _save(path: Path, ckpt: Checkpoint, epoch: int) -> None:
         ) from e
 
 
+def _choose_precision(
+    requested: str,
+    model: nn.Module,
+    loss_fn: Any,
+    dist_info: DistInfo,
+    previous: dict[str, Any] | None,
+) -> PrecisionChoice:
+    """The run's precision: measured on CPU (rank 0's choice for every rank under DDP, since
+    ranks must agree), bf16 (or fp16 with loss scaling) autocast on CUDA unless fp32 is asked."""
+    if dist_info.device.type == "cuda":
+        if requested == "fp32":
+            return PrecisionChoice("fp32", requested, "as requested")
+        bf16 = torch.cuda.is_bf16_supported()
+        if requested == "bf16" and not bf16:
+            raise TrainingError("this GPU has no bf16 support; use precision='auto' (fp16) or 'fp32'")
+        return PrecisionChoice("bf16" if bf16 else "fp16", requested, "CUDA mixed precision")
+    choice = choose_training_precision(requested, model, loss_fn, dist_info.device, previous)
+    if dist_info.enabled:
+        choice = PrecisionChoice.from_dict(all_gather_objects(choice.to_dict())[0])
+    return choice
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DistributedDataParallel
@@ -432,8 +456,9 @@ def train(
     data_dir: str | Path | None = None,
     *,
     resume: bool = False,
+    force: bool = False,
     device: str | None = None,
-    amp: bool = True,
+    precision: str = "auto",
     compile: bool = False,
     deterministic: bool = False,
     download: bool = False,
@@ -450,8 +475,13 @@ def train(
             ``train_curves.png``, ``confusion_matrix.png``, ``results.json``.
         data_dir: the data set's files (not needed for ``digits``).
         resume: continue from ``out/last.safetensors`` exactly where it stopped.
+        force: start over in a folder that holds a trained run (its outputs are removed first);
+            without it (or ``resume``) such a folder is refused (``keymodels.rundir``).
         device: "cpu", "cuda" or None (CUDA when available); under torchrun, one GPU per process.
-        amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); fp32 on CPU.
+        precision: "auto" (time a few training steps in fp32 and bf16 autocast and keep the
+            faster; a resumed run keeps its choice, so resuming stays exact), "fp32" or "bf16".
+            Weights, optimizer state and checkpoints stay fp32. On CUDA "auto" is bf16 where
+            supported, else fp16 with loss scaling. The choice goes to ``precision.json``.
         compile: run the model through ``torch.compile``.
         deterministic: ask torch for deterministic kernels (``use_deterministic_algorithms``).
         download: fetch MNIST/Fashion-MNIST/CIFAR through torchvision first (needs internet).
@@ -472,9 +502,11 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     try:
-        with GracefulStop() as stop:
+        # Only rank 0 writes the run folder, so only it checks and locks it.
+        claim = claim_run_folder(out, "vit", resume=resume, force=force, main=dist_info.is_main)
+        with claim, GracefulStop() as stop:
             return _train(
-                recipe, out, data_dir, dist_info, stop, guard, resume=resume, amp=amp,
+                recipe, out, data_dir, dist_info, stop, guard, resume=resume, precision=precision,
                 compile=compile, download=download, on_error=on_error, max_steps=max_steps,
                 progress=progress,
             )  # fmt: skip
@@ -491,7 +523,7 @@ def _train(
     guard: NonFiniteGuard,
     *,
     resume: bool,
-    amp: bool,
+    precision: str,
     compile: bool,
     download: bool,
     on_error: str,
@@ -538,11 +570,6 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup, total_steps, min_ratio)
     )
-    use_amp = amp and dev.type == "cuda"
-    amp_dtype = (
-        (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
-    )
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
         if recipe.ema
@@ -551,6 +578,8 @@ def _train(
 
     start_epoch, best_acc, step = 0, -1.0, 0
     partial: dict[str, Any] | None = None  # an epoch a stop interrupted, to be finished first
+    previous_precision: dict[str, Any] | None = None
+    scaler_state: dict[str, Any] | None = None
     last_path, best_path = out / "last.safetensors", out / "best.safetensors"
     if main:
         remove_stale_temp_files(out)
@@ -560,12 +589,13 @@ def _train(
                 f"nothing to resume: {last_path} does not exist (train without --resume)"
             )
         ckpt = load_checkpoint(last_path)
+        previous_precision = ckpt.state.get("precision")
+        scaler_state = ckpt.state.get("scaler")
         weights = ckpt.state.get("train_model", ckpt.model)
         check_compatible(model, weights, str(last_path))
         model.load_state_dict(weights)
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])
-        scaler.load_state_dict(ckpt.state["scaler"])
         if ema is not None:
             if "train_model" not in ckpt.state:
                 raise TrainingError(f"{last_path} was trained without EMA; resume with --ema 0")
@@ -581,6 +611,20 @@ def _train(
         if main:
             where = f", batch {partial['batches']}" if partial else ""
             log.info("resumed from %s after epoch %d%s", last_path, start_epoch, where)
+
+    def timing_loss() -> Tensor:  # one step on a random batch of the training shape
+        images = torch.randn(recipe.batch_size, config.in_chans, *img_size, device=dev)
+        labels = torch.randint(config.num_classes, (recipe.batch_size,), device=dev)
+        return F.cross_entropy(model(images).float(), labels)
+
+    choice = _choose_precision(precision, model, timing_loss, dist_info, previous_precision)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice.precision]
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    if scaler_state:
+        scaler.load_state_dict(scaler_state)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "precision.json").write_text(json.dumps(choice.to_dict(), indent=2))
 
     train_model: nn.Module = model
     if dist_info.enabled:
@@ -610,7 +654,8 @@ def _train(
         state = {
             "epoch": epochs, "step": step, "best_acc": best_acc,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), **extra,
+            "scaler": scaler.state_dict(), "rng": rng_state(), "precision": choice.to_dict(),
+            **extra,
         }  # fmt: skip
         if ema is not None:
             state["train_model"] = model.state_dict()
@@ -676,12 +721,14 @@ def _train(
         if stats["skipped"] and main:
             log.warning("epoch %d: skipped %d unreadable images", epoch + 1, stats["skipped"])
         if main:
-            val = evaluate(eval_model, test_loader, config.num_classes, dev)
+            with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+                val = evaluate(eval_model, test_loader, config.num_classes, dev)
             row = {
                 "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": val["loss"],
                 "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
                 "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
                 "skipped": stats["skipped"] + val["skipped"], "nonfinite_steps": stats["nonfinite"],
+                "precision": choice.precision,
             }  # fmt: skip
             history.append({"epoch": epoch + 1, **row})
             assert logger is not None
@@ -710,7 +757,8 @@ def _train(
                 title=f"{recipe.name}: {recipe.model}",
             )  # fmt: skip
         if not val:
-            val = evaluate(eval_model, test_loader, config.num_classes, dev)
+            with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+                val = evaluate(eval_model, test_loader, config.num_classes, dev)
         plot_confusion(val["confusion"], splits.classes, out / "confusion_matrix.png")
         results = {
             "recipe": recipe.name, "model": recipe.model, "epochs": epochs_done, "steps": step,

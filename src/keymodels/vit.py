@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
 from .attention import MultiHeadAttention
-from .errors import InvalidInputError
+from .errors import InvalidInputError, reject_unknown_fields
 from .layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple
 from .registry import register_model
 
@@ -104,12 +104,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise InvalidInputError(
-                f"unknown ViT config field(s) {unknown}; valid: {sorted(fields)}"
-            )
+        reject_unknown_fields("ViT config", d, (f.name for f in dataclasses.fields(cls)))
         return cls(**d)
 
     def macs(self) -> int:

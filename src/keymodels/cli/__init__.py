@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,6 +29,30 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def format_help(self) -> str:
         return super().format_help().replace("``", "'")  # descriptions are module docstrings
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, what: str = "the job") -> None:
+    """``--precision auto|fp32|bf16``, one spelling and one help text for every command."""
+    from ..runtime import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help=f"compute precision of {what}: auto (default) times fp32 and bf16 on this machine "
+        "and keeps the faster; weights stay fp32",
+    )
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile auto|on|off`` for inference commands."""
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the model: auto (default) compiles only when the work is long enough "
+        "to repay the compile time; compiled graphs are cached between runs",
+    )
 
 
 def _name_commands(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Library log lines are plain messages on stderr; the precision choice is always shown.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("keymodels.runtime").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import json
 
 from ..convert import FORMATS, convert, load
 from ..onnx import OnnxError, check_onnx, export_onnx
+from ..rundir import check_writable_output
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -29,6 +30,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.to_format,
         model=args.model,
         img_size=args.img_size,
+        force=args.force,
         **_overrides(args),
     )
     if args.json:
@@ -40,10 +42,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
+    check_writable_output(args.dst, args.force, what="DST")  # before the model is loaded
     model, report = load(
         args.src, args.from_format, model=args.model, img_size=args.img_size, **_overrides(args)
     )
-    export_onnx(model, args.dst, opset=args.opset)
+    export_onnx(model, args.dst, opset=args.opset, force=args.force)
     result = {"dst": args.dst, "config": report.config}
     if not args.no_check:
         result["max_abs_diff"] = diff = check_onnx(model, args.dst, batch_sizes=(1, 3))
@@ -72,6 +75,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--global-pool", choices=["token", "avg"], help="pooling, where the weights cannot show it"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--force", action="store_true", help="overwrite what DST would replace")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,12 +15,12 @@ from ..errors import InvalidInputError, KeymodelsError
 from ..explain import (
     HEAD_FUSIONS,
     METHODS,
-    OutputExistsError,
     explain,
     format_predictions,
     save_explanations,
     top_predictions,
 )
+from ..rundir import check_writable_output
 
 
 def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
@@ -49,10 +49,7 @@ def _check_out(out: Path, force: bool) -> None:
         raise InvalidInputError(
             f"--out {out} is a folder; give the PNG file to write, e.g. {out}/explain.png"
         )
-    if out.exists() and not force:
-        raise OutputExistsError(
-            f"{out} exists; pass --force to overwrite it, or choose another --out"
-        )
+    check_writable_output(out, force, what="--out")
 
 
 def explain_to_png(

@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidInputError
+from ..rundir import check_writable_output
 from ..seq2seq.data import SYNTHETIC_TASKS, TASKS, download_multi30k, read_lines
 from ..seq2seq.train import TrainConfig, evaluate, load_run, load_task, train
+from . import add_precision_argument
 
 SCORE_CHOICES = ("dot", "general", "concat", "scaled_dot", "none")
 
@@ -79,8 +81,10 @@ def run_train(args: argparse.Namespace) -> int:
         tc,
         args.out,
         resume=args.resume,
+        force=args.force,
         progress=not args.no_progress,
         on_epoch=_print_row,
+        precision=args.precision,
         **overrides,
     )
     print(
@@ -102,8 +106,9 @@ def run_eval(args: argparse.Namespace) -> int:
         pairs, run.src_vocab, run.tgt_vocab, run.model.config.max_len, "truncate"
     )
     result = evaluate(
-        run.model, data, run.tgt_vocab, tc.synthetic, beam=args.beam, alpha=args.alpha
-    )
+        run.model, data, run.tgt_vocab, tc.synthetic, beam=args.beam, alpha=args.alpha,
+        precision=args.precision,
+    )  # fmt: skip
     result.update({"task": tc.task, "split": args.split, "run": str(args.run)})
     if args.json:
         print(json.dumps(result))
@@ -142,8 +147,9 @@ def run_translate(args: argparse.Namespace) -> int:
     else:
         lines, keep, sentences = [args.sentence], [0], [args.sentence]
     results = translate(
-        run, sentences, beam=args.beam, alpha=args.alpha, n_best=args.n_best, too_long=args.too_long
-    )
+        run, sentences, beam=args.beam, alpha=args.alpha, n_best=args.n_best,
+        too_long=args.too_long, precision=args.precision,
+    )  # fmt: skip
     by_line = dict(zip(keep, results))
     for i in range(len(lines)):
         t = by_line.get(i)
@@ -181,6 +187,7 @@ def run_translate(args: argparse.Namespace) -> int:
         out = Path(args.show_attention)
         for n, (i, t) in enumerate(by_line.items()):
             path = out if len(by_line) == 1 else out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
+            check_writable_output(path, args.force, what="--show-attention file")
             attention_heatmap(run, " ".join(t.source_tokens), path, f"line {i + 1}", beam=args.beam)
             if n == 0 or len(by_line) == 1:
                 print(f"attention heatmap written to {path}", file=sys.stderr)
@@ -209,6 +216,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         train_size=args.train_size,
         seed=args.seed,
+        force=args.force,
         progress=not args.no_progress,
         on_epoch=lambda label, row: _print_row({"model": label, **row}),
     )
@@ -258,6 +266,7 @@ def _demo_experiment(out: Path) -> dict:
         progress=False,
         emb_dim=32,
         hidden_dim=64,
+        force=True,  # the demo's own folder: a second `make demo` starts its runs over
     )
 
 
@@ -331,8 +340,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a NaN/inf loss: stop, keeping the last good checkpoint (default), or skip the step",
     )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    t.add_argument("--force", action="store_true", help="start over in an OUT that holds a run")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="run directory")
+    add_precision_argument(t, "training")
     t.set_defaults(func=run_train)
 
     e = ss.add_parser("eval", help="loss, perplexity, accuracy/BLEU (by length) of a run")
@@ -342,6 +353,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
     e.add_argument("--data-dir", help="Multi30k folder (default: the one used in training)")
     e.add_argument("--json", action="store_true")
+    add_precision_argument(e, "decoding")
     e.set_defaults(func=run_eval)
 
     x = ss.add_parser("experiment", help="plain vs attention against input length (plots)")
@@ -363,6 +375,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--alpha", type=float, default=0.6, help="with --multi30k: length penalty exponent"
     )
     x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--force", action="store_true", help="start over in an OUT that holds runs")
     x.add_argument("--out", required=True)
     x.set_defaults(func=run_experiment)
 
@@ -377,5 +390,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--n-best", type=int, default=1)
     tr.add_argument("--too-long", choices=("error", "truncate"), default="error")
     tr.add_argument("--show-attention", metavar="PNG", help="write the attention heatmap here")
+    tr.add_argument("--force", action="store_true", help="overwrite the --show-attention PNG")
     tr.add_argument("--json", action="store_true")
+    add_precision_argument(tr, "decoding")
     tr.set_defaults(func=run_translate)

@@ -24,6 +24,8 @@ from ..data import (
     preprocess_images,
 )
 from ..errors import InvalidInputError
+from ..runtime import optimize
+from . import add_compile_argument, add_precision_argument
 
 # Command-line flag -> Recipe field, for the plain overrides.
 RECIPE_FLAGS = {
@@ -52,6 +54,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
 def _setup(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger().setLevel(logging.INFO)  # the root logger may be set up already
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
@@ -63,8 +66,8 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     start = time.perf_counter()
     result = train(
-        recipe, args.out, args.data_dir, resume=args.resume, device=args.device,
-        amp=not args.no_amp, compile=args.compile, deterministic=args.deterministic,
+        recipe, args.out, args.data_dir, resume=args.resume, force=args.force, device=args.device,
+        precision=args.precision, compile=args.compile, deterministic=args.deterministic,
         download=args.download, on_error=args.on_error, on_nonfinite=args.on_nonfinite,
         max_steps=args.max_steps,
         progress=not args.no_progress,
@@ -113,7 +116,9 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(
         splits.test, batch_size=args.batch_size, collate_fn=collate_skip
     )
-    res = evaluate(model, loader, len(info["class_names"]))
+    example = next(iter(loader))[0]
+    fast = optimize(model, args.precision, args.compile, example, expected_items=len(splits.test))
+    res = evaluate(fast, loader, len(info["class_names"]))
     per_class = dict(zip(info["class_names"], res["per_class_acc"]))
     if args.json:
         print(json.dumps({"accuracy": res["acc"], "loss": res["loss"], "n": res["n"],
@@ -132,14 +137,22 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file, with the model of ``run``."""
+def predict(
+    run: str | Path,
+    images: list[str | Path],
+    top_k: int = 5,
+    precision: str = "auto",
+    compile: str = "auto",
+) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file, with the model of ``run``, on the
+    inference fast path of ``precision`` and ``compile`` (see :func:`keymodels.runtime.optimize`)."""
     from ..train import load_trained
 
     model, info = load_trained(run)
     x = preprocess_images(images, info)
-    with torch.no_grad():
-        probs = model(x).softmax(-1)
+    fast = optimize(model, precision, compile, x, expected_items=len(x))
+    with torch.inference_mode():
+        probs = fast(x).softmax(-1)
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [
@@ -158,7 +171,7 @@ def run_predict(args: argparse.Namespace) -> int:
     _setup(args)
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1; got {args.top_k}")
-    rows = predict(args.run, args.images, args.top_k)
+    rows = predict(args.run, args.images, args.top_k, args.precision, args.compile)
     if args.json:
         print(json.dumps({"predictions": rows}))
         return 0
@@ -177,7 +190,8 @@ def vit_training_part(out: Path) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     run_dir = out / "vit-digits"
     start = time.perf_counter()
-    result = train(get_recipe("digits"), run_dir, progress=False)
+    # The demo's own folder: a second `make demo` starts its run over.
+    result = train(get_recipe("digits"), run_dir, progress=False, force=True)
     elapsed = time.perf_counter() - start
     r = result.results
     print(
@@ -210,6 +224,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="the data set's files (not needed for digits)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, metrics, plots")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--force", action="store_true", help="start over in an OUT that holds a run")
     g = p.add_argument_group("recipe overrides")
     g.add_argument("--model", help="a registered model name (keymodels models)")
     for flag, typ in [("epochs", int), ("batch-size", int), ("lr", float), ("min-lr", float),
@@ -223,7 +238,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    r.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
+    add_precision_argument(r, "training (CUDA: bf16, else fp16)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--deterministic", action="store_true", help="deterministic kernels only")
     r.add_argument("--download", action="store_true", help="fetch the data set first (online)")
@@ -245,6 +260,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder (its best checkpoint) or checkpoint file")
     p.add_argument("--data-dir", help="the data set's files (not needed for digits)")
     p.add_argument("--batch-size", type=int, default=500)
+    add_precision_argument(p, "inference")
+    add_compile_argument(p)
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -254,6 +271,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder (its best checkpoint) or checkpoint file")
     p.add_argument("images", nargs="+", help="image files of any size and mode")
     p.add_argument("--top-k", type=int, default=5)
+    add_precision_argument(p, "inference")
+    add_compile_argument(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_predict)

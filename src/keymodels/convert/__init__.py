@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..errors import InvalidInputError, unknown_name
 from ..layers import to_2tuple
+from ..rundir import check_writable_output
 from ..vit import VisionTransformer
 from . import hf, jax, timm, torchvision
 from ._common import (
@@ -256,6 +257,13 @@ def save(
     return report
 
 
+# The files that the directory formats write into DST (save_pretrained layouts).
+_DIR_FILES = {
+    "keymodels": ("config.json", "model.safetensors"),
+    "hf": ("config.json", "model.safetensors", "preprocessor_config.json"),
+}
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -265,9 +273,15 @@ def convert(
     model: str | None = None,
     img_size: int | tuple[int, int] | None = None,
     class_names: list[str] | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> ConversionReport:
-    """Read ``src`` in ``from_format`` and write ``dst`` in ``to_format``; returns what was mapped."""
+    """Read ``src`` in ``from_format`` and write ``dst`` in ``to_format``; returns what was mapped.
+
+    An existing ``dst`` file, or the files a directory format writes already in a ``dst`` folder
+    (e.g. the user's own ``config.json``), are replaced only with ``force``.
+    """
+    check_writable_output(dst, force, names=_DIR_FILES.get(to_format), what="destination")
     vit, report = load(src, from_format, model=model, img_size=img_size, **overrides)
     names = class_names or report.class_names
     out = save(vit, dst, to_format, class_names=names, preprocessing=report.preprocessing)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
-from ..checkpoint import atomic_write, load_torch_file
+from ..checkpoint import atomic_write, load_torch_file, temp_beside
 from ..errors import InvalidInputError, KeymodelsError, unknown_name
 from ..registry import get_config, list_models
 from ..vit import VisionTransformer, ViTConfig
@@ -240,14 +239,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
-def publish(path: Path) -> Path:
-    """Give a file or directory made under a private temporary name the usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-    return path
-
-
 def write_weights(
     path: str | os.PathLike, state: dict[str, Tensor], metadata: dict | None = None
 ) -> Path:
@@ -255,11 +246,9 @@ def write_weights(
     path = Path(path)
     state = {k: as_float(v) for k, v in state.items()}
     if path.suffix == ".safetensors":
-        return publish(
-            atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-        )
+        return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     if path.suffix in (".pt", ".pth", ".bin"):
-        return publish(atomic_write(path, lambda tmp: torch.save(state, tmp)))
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
     raise InvalidInputError(
         f"cannot write weights to {path}: use a .safetensors (recommended) or .pth file name"
     )
@@ -275,12 +264,10 @@ def write_dir(directory: str | os.PathLike, files: dict[str, Callable[[Path], An
     if directory.exists() and not directory.is_dir():
         raise InvalidInputError(f"{directory} exists and is not a directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    tmp = temp_beside(directory, directory=True)  # the usual permissions, unlike mkdtemp's
     try:
         for name, write in files.items():
             write(tmp / name)
-            publish(tmp / name)
-        publish(tmp)
         if directory.exists():
             for name in files:
                 os.replace(tmp / name, directory / name)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..checkpoint import atomic_write
 from ..vit import VisionTransformer, ViTConfig
-from ._common import ConversionError, count_blocks, publish, reject_unused, require
+from ._common import ConversionError, count_blocks, reject_unused, require
 
 FORMAT = "JAX .npz"
 _LN = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_2"}
@@ -195,4 +195,4 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, Tensor]) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **numpy_arrays)
 
-    return publish(atomic_write(path, write))
+    return atomic_write(path, write)

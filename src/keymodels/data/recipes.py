@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError, unknown_name
+from ..errors import InvalidInputError, reject_unknown_fields, unknown_name
 from ..registry import list_models
 from .transforms import Augment
 
@@ -57,7 +57,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        return cls(**{**d, "augment": Augment(**d.get("augment", {}))})
+        """The recipe of :meth:`to_dict`; an unknown key (here or in ``augment``) is an error."""
+        reject_unknown_fields("recipe", d, (f.name for f in dataclasses.fields(cls)))
+        augment = d.get("augment", {})
+        if isinstance(augment, dict):
+            fields = (f.name for f in dataclasses.fields(Augment))
+            reject_unknown_fields("augment", augment, fields)
+            augment = Augment(**augment)
+        return cls(**{**d, "augment": augment})
 
 
 RECIPES: dict[str, Recipe] = {
@@ -118,12 +125,6 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     """The recipe called ``name`` with ``overrides`` (any :class:`Recipe` field; ``augment`` a dict)."""
     if name not in RECIPES:
         raise unknown_name("recipe", name, RECIPES)
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise InvalidInputError(
-            f"unknown recipe field(s) {bad}; valid: {', '.join(sorted(fields))}"
-        )
     d = RECIPES[name].to_dict()
     if isinstance(overrides.get("augment"), dict):
         overrides["augment"] = {**d["augment"], **overrides["augment"]}

@@ -99,12 +99,14 @@ def length_experiment(
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
+    force: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train the plain and the attention model the same way, then measure both against length.
 
     Writes into ``out``: ``plain/`` and ``attention/`` runs, ``accuracy_vs_length.png``,
     ``grad_norm_vs_length.png``, ``attention_example.png`` and ``length_experiment.json``.
+    Runs already trained there are refused unless ``force`` (start them over).
     """
     out = Path(out)
     lo, hi = train_lengths
@@ -134,6 +136,7 @@ def length_experiment(
             tc,
             out / label,
             progress=progress,
+            force=force,
             on_epoch=None if on_epoch is None else (lambda row, label=label: on_epoch(label, row)),
             **kw,
         )

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..attention import SCORES, Attention
-from ..errors import InvalidInputError, unknown_name
+from ..errors import InvalidInputError, reject_unknown_fields, unknown_name
 from ..registry import register_model
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -77,8 +77,9 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config of :meth:`to_dict`; an unknown key is an error, not silently dropped."""
+        reject_unknown_fields("seq2seq config", d, (f.name for f in dataclasses.fields(cls)))
+        return cls(**d)
 
 
 def reorder(d: State, index: Tensor) -> State:
@@ -354,7 +355,8 @@ class Seq2Seq(nn.Module):
     ) -> tuple[Tensor, State, Tensor | None]:
         """log p(y_t | y_<t, x) [B, V], the new state and α_t [B, S] (None without attention)."""
         o, state, weights = self.decoder(prev, state, memory)
-        return F.log_softmax(self.decoder.out(o), dim=-1), state, weights
+        # fp32 log-probabilities under bf16 autocast too: search sums them over many steps
+        return F.log_softmax(self.decoder.out(o).float(), dim=-1), state, weights
 
     def forward(
         self,

@@ -33,12 +33,21 @@ from ..checkpoint import (
 from ..errors import InvalidInputError
 from ..metrics import MetricsLogger
 from ..registry import get_config
+from ..rundir import claim_run_folder
 from ..runguard import (
     GracefulStop,
     NonFiniteGuard,
     NonFiniteLossError,
     crash_point,
     remove_stale_temp_files,
+)
+from ..runtime import (
+    PrecisionChoice,
+    autocast,
+    check_precision,
+    choice_key,
+    choose_inference_precision,
+    choose_training_precision,
 )
 from .data import (
     SYNTHETIC_TASKS,
@@ -118,8 +127,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config of :meth:`to_dict`; an unknown key is an error, not silently dropped."""
+        from ..errors import reject_unknown_fields
+
+        reject_unknown_fields("train config", d, (f.name for f in dataclasses.fields(cls)))
+        return cls(**d)
 
 
 # ---------------------------------------------------------------------------- data
@@ -248,13 +260,20 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    precision: str = "auto",
+    force: bool = False,
     **model_overrides: Any,
 ) -> dict[str, Any]:
     """Train the registered model ``model_name`` (with ``model_overrides``) on ``tc.task``.
 
     Writes ``last.safetensors`` after every epoch and ``best.safetensors`` when the validation
     score (sequence accuracy or BLEU) improves; with ``resume`` continues from
-    ``out/last.safetensors`` exactly as an uninterrupted run would.
+    ``out/last.safetensors`` exactly as an uninterrupted run would. A folder that holds a trained
+    run is refused unless ``resume`` or ``force`` (start over: its outputs are removed first).
+
+    ``precision`` is "auto" (time a few steps in fp32 and in bf16 autocast on a training batch,
+    keep the faster; a resumed run keeps its choice), "fp32" or "bf16"; weights, optimizer state
+    and checkpoints stay fp32, and the choice is written to ``out/precision.json``.
 
     Returns:
         A summary: the per-epoch history and the best validation score.
@@ -264,8 +283,10 @@ def train(
             in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
         NonFiniteLossError: the loss became NaN or infinite (``tc.on_nonfinite="stop"``).
     """
-    with GracefulStop() as stop:
-        return _train(model_name, tc, Path(out), resume, progress, on_epoch, stop, model_overrides)
+    with claim_run_folder(out, "seq2seq", resume=resume, force=force), GracefulStop() as stop:
+        return _train(
+            model_name, tc, Path(out), resume, progress, on_epoch, stop, precision, model_overrides
+        )
 
 
 def _train(
@@ -276,6 +297,7 @@ def _train(
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
     stop: GracefulStop,
+    precision: str,
     model_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +363,16 @@ def _train(
         first_epoch, best = ckpt.state["epoch"] + 1, ckpt.state["best"]
         history = ckpt.state["history"]
         partial = ckpt.state.get("partial")
+    timing_batch = collate([train_set[i] for i in range(min(tc.batch_size, len(train_set)))])
+
+    def timing_loss() -> torch.Tensor:  # one step on the first training sentences
+        tgt = timing_batch["tgt"]
+        logits, _ = model(timing_batch["src"], timing_batch["src_lengths"], tgt[:, :-1])
+        return sequence_loss(logits.float(), tgt[:, 1:], tc.label_smoothing)
+
+    previous = ckpt.state.get("precision") if ckpt is not None else None
+    choice = choose_training_precision(precision, model, timing_loss, "cpu", previous)
+    (out / "precision.json").write_text(json.dumps(choice.to_dict(), indent=2))
     (out / "config.json").write_text(
         json.dumps({"model": config.to_dict(), "train": tc.to_dict()}, indent=2)
     )
@@ -356,6 +388,7 @@ def _train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
+            "precision": choice.to_dict(),
             **extra,
         }
         save_run_checkpoint(path, model, src_vocab, tgt_vocab, tc, state)
@@ -382,8 +415,11 @@ def _train(
         for batch in bar:
             sums["batches"] += 1
             tgt = batch["tgt"]
-            logits, _ = model(batch["src"], batch["src_lengths"], tgt[:, :-1], tc.teacher_forcing)
-            loss = sequence_loss(logits, tgt[:, 1:], tc.label_smoothing)
+            with autocast(choice.precision):
+                logits, _ = model(
+                    batch["src"], batch["src_lengths"], tgt[:, :-1], tc.teacher_forcing
+                )
+            loss = sequence_loss(logits.float(), tgt[:, 1:], tc.label_smoothing)
             loss_value = loss.item()
             where = f"batch {sums['batches']} of epoch {epoch}"
             if guard.should_skip(loss_value, where):
@@ -421,9 +457,10 @@ def _train(
             last = out / "last.safetensors"
             save(last, epoch - 1, partial={**sums, "rng": rng_state()})
             raise stop.interrupted(last, f"batch {sums['batches']}/{len(loader)} of epoch {epoch}")
-        metrics = evaluate(
-            model, val_set, tgt_vocab, tc.synthetic, beam=tc.val_beam, by_length=False
-        )
+        with autocast(choice.precision):
+            metrics = evaluate(
+                model, val_set, tgt_vocab, tc.synthetic, beam=tc.val_beam, by_length=False
+            )
         score = metrics["accuracy"] if tc.synthetic else metrics["bleu"]
         if tc.schedule == "plateau":
             scheduler.step(score)
@@ -435,6 +472,7 @@ def _train(
             ("val_acc" if tc.synthetic else "val_bleu"): score,
             "lr": optimizer.param_groups[0]["lr"],
             "nonfinite_steps": sums["nonfinite"],
+            "precision": choice.precision,
             "epoch_s": time.perf_counter() - t0,
             "elapsed_s": time.perf_counter() - start,
         }
@@ -532,9 +570,31 @@ def dataset_loss(
         tgt = batch["tgt"]
         logits, _ = model(batch["src"], batch["src_lengths"], tgt[:, :-1])
         n = int((tgt[:, 1:] != 0).sum())
-        total += float(sequence_loss(logits, tgt[:, 1:])) * n
+        total += float(sequence_loss(logits.float(), tgt[:, 1:])) * n
         tokens += n
     return total / max(tokens, 1), tokens
+
+
+def choose_decode_precision(
+    requested: str,
+    model: Seq2Seq,
+    tgt_vocab: Vocabulary,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    beam: int = 1,
+) -> PrecisionChoice:
+    """The precision to decode in: "auto" times one search over ``src`` [B, S] in fp32 and in
+    bf16 autocast (the choice is cached per model, batch shape and machine)."""
+    limit, bos, eos = int(src_lengths.max()) * 2 + 10, tgt_vocab.bos_id, tgt_vocab.eos_id
+
+    def step() -> None:
+        if beam == 1:
+            greedy_search(model, src, src_lengths, limit, bos, eos)
+        else:
+            beam_search(model, src, src_lengths, beam, limit, bos, eos)
+
+    key = f"{choice_key(model, src, 'cpu')}/beam{beam}"
+    return choose_inference_precision(requested, step, key)
 
 
 def length_bucket(n: int, synthetic: bool) -> str:
@@ -558,11 +618,23 @@ def evaluate(
     beam: int = 1,
     alpha: float = 0.6,
     by_length: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Loss, perplexity, and sequence accuracy (synthetic) or BLEU (translation), overall and by
-    source length (``by_length``: rows of length bucket, count, score)."""
-    loss, tokens = dataset_loss(model, dataset)
-    hyps = decode_dataset(model, dataset, tgt_vocab, beam, alpha)
+    source length (``by_length``: rows of length bucket, count, score).
+
+    ``precision``: "fp32", "bf16" or "auto" (:func:`choose_decode_precision` on the first 100
+    sentences); the result's ``precision`` says which ran.
+    """
+    if precision == "auto" and len(dataset):
+        first = collate([dataset[i] for i in range(min(100, len(dataset)))])
+        precision = choose_decode_precision(
+            precision, model, tgt_vocab, first["src"], first["src_lengths"], beam
+        ).precision
+    check_precision(precision)
+    with autocast(precision):
+        loss, tokens = dataset_loss(model, dataset)
+        hyps = decode_dataset(model, dataset, tgt_vocab, beam, alpha)
     outputs = [tgt_vocab.decode(h.tokens) for h in hyps]
     refs = [t for _, t in dataset.pairs]
     result: dict[str, Any] = {
@@ -571,6 +643,7 @@ def evaluate(
         "loss": loss,
         "ppl": math.exp(min(loss, 50)),
         "beam": beam,
+        "precision": precision,
     }
     key = "accuracy" if synthetic else "bleu"
     if synthetic:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from ..runtime import autocast, check_precision
 from .data import pad_batch
-from .search import beam_search, greedy_search
-from .train import LoadedRun
+from .search import Hypothesis, beam_search, greedy_search
+from .train import LoadedRun, choose_decode_precision
 from .vocab import Vocabulary, detokenize, tokenize
 
 log = logging.getLogger(__name__)
@@ -78,26 +80,26 @@ def translate(
     n_best: int = 1,
     too_long: str = "error",
     batch_size: int = 64,
+    precision: str = "fp32",
 ) -> list[Translation]:
-    """Translate ``sentences`` with greedy search (``beam=1``) or beam search."""
+    """Translate ``sentences`` with greedy search (``beam=1``) or beam search.
+
+    ``precision``: "fp32", "bf16", or "auto" (timed on the first batch, see
+    :func:`~keymodels.seq2seq.train.choose_decode_precision`).
+    """
+    check_precision(precision)
     model, src_vocab, tgt_vocab = run.model.eval(), run.src_vocab, run.tgt_vocab
     prepared = [prepare_source(s, src_vocab, model.config.max_len, too_long) for s in sentences]
     results: list[Translation] = []
     for i in range(0, len(sentences), batch_size):
         chunk = prepared[i : i + batch_size]
         src, lengths = pad_batch([torch.tensor(src_vocab.encode(toks)) for toks, _ in chunk])
-        limit = int(lengths.max()) * 2 + 10
-        if beam == 1:
-            nbest = [
-                [h]
-                for h in greedy_search(
-                    model, src, lengths, limit, tgt_vocab.bos_id, tgt_vocab.eos_id, alpha
-                )
-            ]
-        else:
-            nbest = beam_search(
-                model, src, lengths, beam, limit, tgt_vocab.bos_id, tgt_vocab.eos_id, alpha, n_best
-            )
+        if precision == "auto":
+            precision = choose_decode_precision(
+                precision, model, tgt_vocab, src, lengths, beam
+            ).precision
+        with autocast(precision):
+            nbest = _search(model, tgt_vocab, src, lengths, beam, alpha, n_best)
         for j, ((toks, truncated), hyps) in enumerate(zip(chunk, nbest)):
             best = hyps[0]
             out_tokens = tgt_vocab.decode(best.tokens)
@@ -117,3 +119,18 @@ def translate(
                 )
             )
     return results
+
+
+def _search(
+    model: Any,
+    tgt_vocab: Vocabulary,
+    src: torch.Tensor,
+    lengths: torch.Tensor,
+    beam: int,
+    alpha: float,
+    n_best: int,
+) -> list[list[Hypothesis]]:
+    limit, bos, eos = int(lengths.max()) * 2 + 10, tgt_vocab.bos_id, tgt_vocab.eos_id
+    if beam == 1:
+        return [[h] for h in greedy_search(model, src, lengths, limit, bos, eos, alpha)]
+    return beam_search(model, src, lengths, beam, limit, bos, eos, alpha, n_best)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, reject_unknown_fields
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -127,6 +127,13 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
+        """The vocabulary of :meth:`to_dict`; an unknown or missing key is an error."""
+        reject_unknown_fields("vocabulary", d, ("tokens", "lowercase"))
+        if "tokens" not in d:
+            raise InvalidInputError(
+                "a saved vocabulary needs its 'tokens' (the list that to_dict writes); got "
+                f"only {sorted(d)}"
+            )
         tokens = d["tokens"]
         if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
             raise InvalidInputError(
