@@ -116,3 +116,12 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "_failing_summary" in err
     assert err.rstrip().splitlines()[-1].startswith("keymodels models: error: something was wrong")
+
+
+def test_a_closed_pipe_is_not_an_error(capsys, monkeypatch):
+    def closed_pipe(name: str) -> dict:  # `keymodels eval RUN | head -2`: head has exited
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(models_cmd, "model_summary", closed_pipe)
+    assert main(["models"]) == 0
+    assert capsys.readouterr().err == ""

@@ -14,6 +14,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from keymodels.cli import main
 
@@ -57,6 +58,29 @@ CASES = [
     ("translate a file that is not UTF-8", ["translate", "{s2s_run}", "--file", "{latin1}"], "line 2 is not valid UTF-8"),
     ("translate with a ViT run", ["translate", "{vit_run}", "1 2 3"], "not a seq2seq model's checkpoint but a ViT classifier's"),
     ("translate --show-attention with the plain model", ["translate", "{s2s_plain}", "1 2", "--show-attention", "{tmp}/a.png"], "was trained without attention"),
+    # issue 17
+    ("convert a file with integer tensors", ["convert", "{int32}", "{tmp}/o", "--from", "timm", "--to", "keymodels", "--num-heads", "2"], "non-floating-point tensors: blocks.0.attn.proj.bias (torch.int32)"),
+    ("negative --threads", ["predict", "{vit_run}", "{image}", "--threads", "-3"], "argument --threads: must be an integer >= 1; got -3"),
+    *([("--device cuda without a GPU", ["train", "--recipe", "digits", "--device", "cuda", "--out", "{tmp}/r"], "no GPU is visible")]
+      if not torch.cuda.is_available() else []),
+    ("image size 0", ["train", "--recipe", "digits", "--img-size", "0", "--out", "{tmp}/r"], "img_size must be >= 1 pixel"),
+    ("negative mixup", ["train", "--recipe", "digits", "--mixup", "-1", "--out", "{tmp}/r"], "mixup must be >= 0 (0: off); got -1.0"),
+    ("--max-steps 0", ["train", "--recipe", "digits", "--max-steps", "0", "--out", "{tmp}/r"], "argument --max-steps: must be an integer >= 1; got 0"),
+    ("predict with NaN weights", ["predict", "{nan_model}", "{image}"], "gives NaN or infinite outputs for 1 of 1 image(s)"),
+    ("eval with NaN weights", ["eval", "{nan_model}", "--dataset", "digits"], "gives NaN or infinite outputs"),
+    ("predict on a folder", ["predict", "{vit_run}", "{tmp}/empty"], "is a folder, not an image file"),
+    ("eval of a save_pretrained folder without class names", ["eval", "{bare_model}"], "records no class names and no mean/std, which evaluating needs"),
+    ("eval of a save_pretrained folder without a data set", ["eval", "{nan_model}"], "does not say which data set it was trained on; pass --dataset"),
+    ("explain with --top-k 0", ["explain", "{vit_run}", "{image}", "--top-k", "0", "--out", "{tmp}/e.png"], "--top-k must be >= 1; got 0"),
+    ("explain --out that is not a PNG", ["explain", "{vit_run}", "{image}", "--out", "{tmp}/e.jpg"], "the figure is written as PNG; give a file name ending in .png"),
+    ("explain a folder", ["explain", "{vit_run}", "{tmp}/empty", "--out", "{tmp}/e.png"], "is a folder, not an image file"),
+    ("translate with --alpha nan", ["translate", "{s2s_run}", "1 2", "--alpha", "nan"], "argument --alpha: must be a finite number; got 'nan'"),
+    ("translate --show-attention to a folder", ["translate", "{s2s_run}", "1 2", "--show-attention", "{tmp}/adir/"], "is a folder; give the PNG file to write"),
+    ("translate --file a folder", ["translate", "{s2s_run}", "--file", "{tmp}/empty"], "is a folder; give a text file"),
+    ("translate a file that is UTF-16", ["translate", "{s2s_run}", "--file", "{utf16}"], "starts with a UTF-16 byte-order mark, so the file is likely UTF-16"),
+    ("translate a sentence with U+202E", ["translate", "{s2s_run}", "1 \u202e2"], "U+202E (RIGHT-TO-LEFT OVERRIDE) at character 3"),
+    ("translate a sentence with a NUL", ["translate", "{s2s_run}", "1 \x002"], "U+0000 (a control character) at character 3"),
+    ("translate a Latin-1 argument", ["translate", "{s2s_run}", "1 \udce9 2"], "the sentence is not valid UTF-8: byte 0xe9 at character 3"),
 ]  # fmt: skip
 
 
@@ -88,12 +112,33 @@ def _make_inputs(tmp: Path) -> dict[str, str]:
                          "--model", f"seq2seq_tiny_{'plain' if attention == 'none' else 'attn'}",
                          "--epochs", "1", "--train-size", "64", "--max-length", "5",
                          "--max-len", "12", "--out", str(out), *quiet]) == 0  # fmt: skip
+    _make_model_inputs(tmp, vit_run)
+    (tmp / "utf16.txt").write_bytes("1 2\n".encode("utf-16"))
     return {
+        "int32": str(tmp / "int32.safetensors"), "nan_model": str(tmp / "nan_model"),
+        "bare_model": str(tmp / "bare_model"), "utf16": str(tmp / "utf16.txt"),
         "tmp": str(tmp), "garbage": str(tmp / "garbage.bin"), "image": str(tmp / "image.png"),
         "evil": str(tmp / "evil.pth"), "latin1": str(tmp / "latin1.txt"),
         "vit_run": str(vit_run), "s2s_run": str(s2s_run), "s2s_plain": str(s2s_plain),
         "long_sentence": " ".join(["1"] * 200),
     }  # fmt: skip
+
+
+def _make_model_inputs(tmp: Path, vit_run: Path) -> None:
+    """Weights with integer tensors, a save_pretrained folder with NaN weights, one without
+    class names or mean/std."""
+    from safetensors.torch import save_file
+
+    from keymodels.convert import from_keymodels, load
+    from keymodels.hub import save_pretrained
+
+    model, report = load(vit_run, "keymodels")
+    ints = {k: v.to(torch.int32).contiguous() for k, v in from_keymodels(model, "timm").items()}
+    save_file(ints, str(tmp / "int32.safetensors"))
+    save_pretrained(model, tmp / "bare_model")
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    save_pretrained(model, tmp / "nan_model", report.class_names, report.preprocessing)
 
 
 def run_case(argv: list[str], inputs: dict[str, str]) -> tuple[int, str]:
@@ -162,4 +207,5 @@ if __name__ == "__main__":
             print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         if long_messages:
             print("\n### Long messages\n")
+            print("The messages too long for a cell of the table above, in full:\n")
             print("\n".join(long_messages))

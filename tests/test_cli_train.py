@@ -42,7 +42,7 @@ def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert res["accuracy"] == pytest.approx(diag / 360)
     assert set(res["per_class_acc"]) == {str(i) for i in range(10)}
     # The same number the training run recorded for its best checkpoint.
-    best = json.loads((run_dir / "results.json").read_text())["best_acc"]
+    best = json.loads((run_dir / "results.json").read_text())["best_test_acc"]
     assert res["accuracy"] == pytest.approx(best)
     assert main(["eval", str(run_dir / "last.safetensors")]) == 0
     out = capsys.readouterr().out
@@ -96,3 +96,55 @@ def test_demo_part_trains_predicts_and_says_where(
     assert out.count("_label") == 5 and len(list((run / "samples").glob("*.png"))) == 5
     for name in ("best.safetensors", "train_curves.png", "confusion_matrix.png"):
         assert (run / name).is_file()
+
+
+def test_save_pretrained_folders_work_with_every_command(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pretrained"
+    assert (
+        main(["convert", str(run_dir), str(folder), "--from", "keymodels", "--to", "keymodels"])
+        == 0
+    )
+    image = tmp_path / "digit.png"
+    Image.fromarray(load_dataset("digits").test.images[0, 0].numpy(), "L").save(image)
+    capsys.readouterr()
+    FP32 = ["--compile", "off"]
+    outputs = []
+    for model in (run_dir, folder, folder / "model.safetensors"):
+        assert (
+            main(["predict", str(model), str(image), "--json", "--precision", "fp32", *FP32]) == 0
+        )
+        outputs.append(json.loads(capsys.readouterr().out)["predictions"][0]["top"])
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert main(["explain", str(folder), str(image), "--out", str(tmp_path / "e.png")]) == 0
+    assert (tmp_path / "e.png").is_file()
+    capsys.readouterr()
+    accuracies = []
+    for model, extra in ((run_dir, []), (folder, ["--dataset", "digits"])):
+        assert main(["eval", str(model), "--json", "--precision", "fp32", *FP32, *extra]) == 0
+        accuracies.append(json.loads(capsys.readouterr().out)["accuracy"])
+    assert accuracies[0] == accuracies[1]
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from keymodels.cli.train import default_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (3.7, 3.0, 3.0))
+    assert default_threads() == 1  # a busy 2-core machine: one thread, not two fighting
+    monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert default_threads() == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 32)
+    assert default_threads() == 4
+
+
+def test_top_k_has_one_default_shown_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("predict", "explain"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "(default: 3)" in " ".join(capsys.readouterr().out.split())

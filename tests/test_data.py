@@ -410,3 +410,20 @@ def test_recipes_and_errors() -> None:
         load_dataset("svhn")
     with pytest.raises(InvalidInputError, match="auto_augment"):
         Augment(auto_augment="autoaugment")
+
+
+def test_image_folder_names_an_empty_class_folder(tmp_path: Path) -> None:
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "b.png")
+    (tmp_path / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"class folder\(s\) .*dog hold no images"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_recipe_refuses_img_size_0_and_negative_mixup() -> None:
+    with pytest.raises(InvalidInputError, match="img_size must be >= 1"):
+        get_recipe("digits", img_size=0)
+    with pytest.raises(InvalidInputError, match="mixup must be >= 0"):
+        get_recipe("digits", augment={"mixup": -1.0})

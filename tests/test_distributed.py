@@ -97,9 +97,9 @@ def test_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     # Training happened (4 steps moved the weights), and only rank 0 wrote the run files.
-    from keymodels.train import load_trained
+    from keymodels.runs import load_vit
 
-    model, info = load_trained(out)
+    model, info = load_vit(out)
     assert info["epoch"] == 1
     assert w0["head.weight"].abs().sum() > 0  # the head starts at zero
     recipe_meta = (out / "recipe.json").read_text()

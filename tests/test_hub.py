@@ -154,3 +154,35 @@ def test_save_replaces_an_existing_directory_file_by_file(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind
     with pytest.raises(InvalidInputError, match="3 class names"):
         save_pretrained(newer, tmp_path / "n", class_names=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_load_in_float32(tmp_path: Path, dtype: torch.dtype) -> None:
+    model = random_model()
+    save_pretrained(model.to(dtype), tmp_path / "m")
+    loaded = from_pretrained(tmp_path / "m")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    expected = model.float()(images())
+    torch.testing.assert_close(loaded(images()), expected)  # a float32 batch just works
+
+
+def test_load_for_inference_names_what_a_folder_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keymodels.hub import load_for_inference
+
+    save_pretrained(random_model(), tmp_path / "bare")
+    with caplog.at_level(logging.WARNING):
+        _, info = load_for_inference(tmp_path / "bare" / "model.safetensors")
+    assert (
+        info["missing"] == ["class names", "mean/std"] and "records no class names" in caplog.text
+    )
+    assert info["class_names"][:2] == ["0", "1"] and info["mean"] == [0.5]
+    save_pretrained(
+        random_model(),
+        tmp_path / "full",
+        [str(i) for i in range(10)],
+        {"mean": [0.2], "std": [0.3]},
+    )
+    _, info = load_for_inference(tmp_path / "full")
+    assert info["missing"] == [] and info["mean"] == [0.2] and info["std"] == [0.3]

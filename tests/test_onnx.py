@@ -63,3 +63,15 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [p.name for p in tmp_path.iterdir()] == ["vit.onnx"]
     with pytest.raises(InvalidInputError, match=r"\.onnx"):
         export_onnx(random_model(), tmp_path / "vit.bin")
+
+
+def test_export_names_the_batch_axis_and_records_preprocessing(tmp_path: Path) -> None:
+    model = random_model()
+    names = [f"c{i}" for i in range(model.num_classes)]
+    prep = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    export_onnx(model, tmp_path / "vit.onnx", class_names=names, preprocessing=prep)
+    proto = onnx.load(str(tmp_path / "vit.onnx"))
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"  # not torch's "s77"
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta == {"input_size": [3, 32, 32], "class_names": names, **prep}

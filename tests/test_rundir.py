@@ -28,7 +28,7 @@ from keymodels.seq2seq.train import train as train_seq2seq
 from keymodels.train import train as train_vit
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-COPY = dict(task="copy", batch_size=32, val_size=32, min_len=1, len_max=4, num_symbols=6)
+COPY = dict(task="copy", batch_size=32, val_size=32, min_len=1, synthetic_max_len=4, num_symbols=6)
 S2S_ARGS = ["--task", "copy", "--model", "seq2seq_tiny_attn", "--epochs", "1", "--no-progress"]
 S2S_ARGS += ["--train-size", "64", "--min-length", "1", "--max-length", "4", "--symbols", "6"]
 VIT_ARGS = ["--recipe", "digits", "--epochs", "1", "--max-steps", "2", "--no-progress"]

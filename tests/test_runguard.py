@@ -116,20 +116,27 @@ def test_vit_skip_policy_skips_nan_steps_and_counts_them(tmp_path, monkeypatch):
 def test_seq2seq_nan_stops_or_skips(tmp_path, monkeypatch):
     import keymodels.seq2seq.train as s2s
 
-    tc = dict(task="copy", epochs=2, train_size=200, val_size=20, len_max=5, num_symbols=5)
-    # 4 batches an epoch, then 1 validation batch: call 7 is batch 2 of epoch 2
+    tc = dict(
+        task="copy", epochs=2, train_size=200, val_size=20, synthetic_max_len=5, num_symbols=5
+    )
+    # 4 batches an epoch, then 1 validation batch: call 7 is batch 2 of epoch 2. fp32: "auto"
+    # would time steps through the same loss function on a CPU with bf16 units.
     _nan_from_call(s2s, "sequence_loss", 7, 7, monkeypatch)
     with pytest.raises(
         NonFiniteLossError,
         match=r"loss became nan at batch 2 of epoch 2; training stopped, the last good "
-        r"checkpoint .*last\.safetensors is kept",
+        r"checkpoint .*last\.safetensors \(epoch 1\) is kept",
     ):
-        train_seq2seq("seq2seq_tiny_attn", TrainConfig(**tc), tmp_path / "stop", progress=False)
+        train_seq2seq(
+            "seq2seq_tiny_attn", TrainConfig(**tc), tmp_path / "stop", progress=False,
+            precision="fp32",
+        )  # fmt: skip
     assert load_checkpoint(tmp_path / "stop" / "last.safetensors").state["epoch"] == 1
 
     _nan_from_call(s2s, "sequence_loss", 2, 2, monkeypatch)
     tc["on_nonfinite"] = "skip"
     summary = train_seq2seq(
-        "seq2seq_tiny_attn", TrainConfig(**tc, batch_size=64), tmp_path / "skip", progress=False
-    )
+        "seq2seq_tiny_attn", TrainConfig(**tc, batch_size=64), tmp_path / "skip", progress=False,
+        precision="fp32",
+    )  # fmt: skip
     assert [row["nonfinite_steps"] for row in summary["history"]] == [1, 0]

@@ -141,3 +141,34 @@ def test_bad_run_dir_and_missing_data(tmp_path, capsys):
         main(["seq2seq", "train", "--task", "copy", "--attention", "cosine", "--out", "x"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_translate_json_lines_stdin_bom_and_absolute_data_dir(run_dir, monkeypatch, capsys):
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO("\ufeff1 2\n\n3\n".encode()), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["translate", str(run_dir), "--file", "-", "--json", "--beam", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
+    assert [r["source"] for r in rows] == ["1 2", "", "3"]  # BOM stripped, empty line kept
+    assert rows[1]["translation"] == "" and not rows[0]["unknown"]
+    assert main(["translate", str(run_dir), "\ufeff1 2", "--beam", "1"]) == 0
+    assert "<unk>" not in capsys.readouterr().err
+    from pathlib import Path
+
+    from keymodels.runs import load_seq2seq
+
+    data_dir = load_seq2seq(run_dir).train_config.data_dir
+    assert Path(data_dir).is_absolute(), data_dir  # `seq2seq eval` works from any folder
+
+
+def test_eval_with_missing_data_suggests_data_dir(run_dir, monkeypatch, capsys):
+    from keymodels.seq2seq.data import DataError
+
+    def missing(tc, split):
+        raise DataError(f"Multi30k files for split {split!r} not found in {tc.data_dir}")
+
+    monkeypatch.setattr("keymodels.cli.seq2seq.load_task", missing)
+    assert main(["seq2seq", "eval", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "not found in" in err and f"keymodels seq2seq eval {run_dir} --data-dir DIR" in err

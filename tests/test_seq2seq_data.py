@@ -210,3 +210,15 @@ def test_loader_with_a_worker_gives_the_same_batches():
     plain = [b["src"] for b in make_loader(ds, 16, shuffle=True, seed=1)]
     worker = [b["src"] for b in make_loader(ds, 16, shuffle=True, seed=1, num_workers=1)]
     assert len(plain) == len(worker) and all(torch.equal(a, b) for a, b in zip(plain, worker))
+
+
+def test_read_lines_strips_a_bom_and_names_utf16_and_folders(tmp_path):
+    from keymodels.seq2seq.data import DataError, read_lines
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffein Hund\nzwei\n".encode())
+    assert read_lines(tmp_path / "bom.txt") == ["ein Hund", "zwei"]
+    (tmp_path / "u16.txt").write_bytes("ein Hund\n".encode("utf-16-le"))  # no BOM: NUL bytes
+    with pytest.raises(DataError, match="holds NUL bytes, so the file is likely UTF-16"):
+        read_lines(tmp_path / "u16.txt")
+    with pytest.raises(DataError, match="is a folder; give a text file"):
+        read_lines(tmp_path)

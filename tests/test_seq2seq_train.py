@@ -9,10 +9,13 @@ import pytest
 import sacrebleu
 import torch
 
-from keymodels.checkpoint import CheckpointError, load_checkpoint
+import keymodels.run as run_module
+from keymodels.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint
 from keymodels.errors import InvalidInputError
 from keymodels.plotting import plot_alignment, plot_lines
 from keymodels.registry import create_model
+from keymodels.run import TrainingError
+from keymodels.runs import load_seq2seq
 from keymodels.seq2seq import train as train_module
 from keymodels.seq2seq.data import TranslationDataset
 from keymodels.seq2seq.experiment import grad_norm_first_step
@@ -22,7 +25,6 @@ from keymodels.seq2seq.train import (
     bleu,
     evaluate,
     length_bucket,
-    load_run,
     load_task,
     save_run_checkpoint,
     sequence_loss,
@@ -36,7 +38,7 @@ COPY = dict(
     lr=5e-3,
     val_size=200,
     min_len=1,
-    len_max=5,
+    synthetic_max_len=5,
     num_symbols=6,
     max_len=10,
 )
@@ -47,7 +49,7 @@ def test_copy_task_is_learned_to_100_percent(tmp_path):
     tc = TrainConfig(epochs=10, train_size=2000, **COPY)
     summary = train("seq2seq_tiny_attn", tc, tmp_path, progress=False)
     assert summary["history"][-1]["val_acc"] == 100.0
-    run = load_run(tmp_path)  # best.safetensors
+    run = load_seq2seq(tmp_path)  # best.safetensors
     test = TranslationDataset(load_task(run.train_config, "test"), run.src_vocab, run.tgt_vocab)
     result = evaluate(run.model, test, run.tgt_vocab, synthetic=True)
     assert result["accuracy"] >= 99.5
@@ -78,7 +80,7 @@ def test_resume_continues_exactly(tmp_path, precision):
     b = load_checkpoint(tmp_path / "split" / "last.safetensors").model
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(
-        CheckpointError, match=r"nothing to resume: .*last\.safetensors does not exist"
+        TrainingError, match=r"nothing to resume: .*last\.safetensors does not exist"
     ):
         train("seq2seq_tiny_attn", tc, tmp_path / "nothing", resume=True, progress=False)
 
@@ -92,7 +94,7 @@ def test_time_budget_counts_the_time_before_a_resume(tmp_path, monkeypatch):
         return sequence_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sequence_loss", loss_taking_one_second)
-    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(run_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     tc = TrainConfig(epochs=12, train_size=64, max_minutes=0.5, **{**COPY, "val_size": 16})
     full = train("seq2seq_tiny_attn", tc, tmp_path / "full", progress=False)["history"]
     assert 2 < len(full) < 12  # stopped by the budget of 30 s, not by the epoch count
@@ -115,15 +117,15 @@ def _saved_run(tmp_path, vocab_size=24, **overrides):
 
 def test_checkpoint_round_trip_and_mismatches(tmp_path):
     path, model = _saved_run(tmp_path)
-    run = load_run(path)
+    run = load_seq2seq(path)
     assert run.model.config == model.config and len(run.src_vocab) == 24
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in run.model.state_dict().items())
 
     path, _ = _saved_run(tmp_path, vocab_size=30)  # vocabulary of 30 tokens, model of 24
     with pytest.raises(
-        CheckpointError, match="source vocabulary has 30 tokens but the model expects 24"
+        CheckpointMismatchError, match="source vocabulary has 30 tokens but the model expects 24"
     ):
-        load_run(path)
+        load_seq2seq(path)
 
     # weights of a 24-unit model under a config that says 32 units
     path, _ = _saved_run(tmp_path)
@@ -132,15 +134,17 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path):
     from keymodels.checkpoint import save_checkpoint
 
     save_checkpoint(path, ckpt)
-    with pytest.raises(CheckpointError, match=r"architecture mismatch at encoder\.rnn"):
-        load_run(path)
+    with pytest.raises(
+        CheckpointMismatchError, match=r"another model: shape mismatch decoder\.attention\.W_h"
+    ):
+        load_seq2seq(path)
 
     ckpt.meta["kind"] = "keymodels.vit"
     save_checkpoint(path, ckpt)
     with pytest.raises(
         CheckpointError, match="not a seq2seq model's checkpoint but another model's"
     ):
-        load_run(path)
+        load_seq2seq(path)
 
 
 def test_bleu_matches_sacrebleu_on_detokenized_text():

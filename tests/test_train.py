@@ -13,18 +13,12 @@ from PIL import Image
 
 import keymodels.checkpoint as checkpoint_module
 import keymodels.train as train_module
-from keymodels.checkpoint import load_checkpoint
+from keymodels.checkpoint import CheckpointMismatchError, load_checkpoint
 from keymodels.data import get_recipe, load_dataset, preprocess_images
 from keymodels.registry import create_model
-from keymodels.train import (
-    NonFiniteLossError,
-    TrainingError,
-    evaluate,
-    load_trained,
-    lr_factor,
-    param_groups,
-    train,
-)
+from keymodels.run import TrainingError, lr_factor
+from keymodels.runs import evaluate, load_vit
+from keymodels.train import NonFiniteLossError, param_groups, train
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -86,7 +80,7 @@ def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert sum(map(sum, results["confusion"])) == 360
 
-    model, info = load_trained(tmp_path)
+    model, info = load_vit(tmp_path)
     assert not model.training and info["class_names"] == [str(i) for i in range(10)]
     assert info["img_size"] == [8, 8] and info["in_chans"] == 1 and len(info["mean"]) == 1
     assert info["config"]["embed_dim"] == 32 and info["checkpoint"].endswith("best.safetensors")
@@ -102,7 +96,7 @@ def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:
     trained.load_state_dict(best.model)
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x))
-    same_file, _ = load_trained(tmp_path / "last.safetensors")
+    same_file, _ = load_vit(tmp_path / "last.safetensors")
     assert same_file.config.embed_dim == 32
 
 
@@ -155,12 +149,14 @@ def test_resume_from_another_model_names_mismatches(tmp_path: Path) -> None:
     train(tiny_recipe(epochs=1), tmp_path, progress=False, max_steps=2)
     other = tiny_recipe(epochs=2, model_overrides={**TINY, "embed_dim": 48})
     with pytest.raises(
-        TrainingError,
+        CheckpointMismatchError,
         match=r"another model: shape mismatch blocks\.0\.attn\.proj\.bias: checkpoint \(32,\) vs model \(48,\)",
     ):
         train(other, tmp_path, resume=True, progress=False)
     deeper = tiny_recipe(epochs=2, model_overrides={**TINY, "depth": 3})
-    with pytest.raises(TrainingError, match=r"missing keys \['blocks\.2\.attn\.proj\.bias'"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing keys \['blocks\.2\.attn\.proj\.bias'"
+    ):
         train(deeper, tmp_path, resume=True, progress=False)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(tiny_recipe(), tmp_path / "new", resume=True, progress=False)

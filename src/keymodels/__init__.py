@@ -7,6 +7,7 @@ from .attention import Attention, MultiHeadAttention, attend, attention_scores
 from .errors import InvalidInputError, KeymodelsError
 from .hub import from_pretrained
 from .registry import create_model, get_config, list_models
+from .runtime import optimize
 from .seq2seq import model as _seq2seq_model  # noqa: F401  (registers the seq2seq configs)
 from .vit import VisionTransformer, ViTConfig
 
@@ -26,4 +27,5 @@ __all__ = [
     "from_pretrained",
     "get_config",
     "list_models",
+    "optimize",
 ]

@@ -36,6 +36,42 @@ class CheckpointError(KeymodelsError):
     """A checkpoint that cannot be written or read (disk full, truncated, wrong format, …)."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose weights (or vocabularies) do not fit the model they are loaded into."""
+
+
+def check_compatible(
+    model: torch.nn.Module, weights: dict[str, Tensor], source: str, hint: str = ""
+) -> None:
+    """Raise :class:`CheckpointMismatchError` naming the mis-shaped, missing and unexpected keys.
+
+    Args:
+        model: the model the weights are for.
+        weights: a state dict read from ``source`` (a file name, for the message).
+        hint: what to do about it, appended to the message.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(weights))
+        if weights[k].shape != own[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        more = f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""
+        parts.append("shape mismatch " + "; ".join(shapes[:3]) + more)
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"{what} keys {keys[:3]}{more}")
+    message = f"{source} holds weights of another model: {', '.join(parts)}"
+    raise CheckpointMismatchError(f"{message}. {hint}" if hint else message)
+
+
 @dataclass
 class Checkpoint:
     """What a checkpoint holds: model weights, training state (nested, may hold tensors), metadata."""

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .checkpoint import atomic_write
 from .errors import InvalidInputError, unknown_name
 from .rundir import OutputExistsError  # one error for every refused overwrite
+from .runtime import autocast
 
 METHODS = ("rollout", "grad-rollout", "heads")
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -295,7 +296,10 @@ def class_indices(
 
 
 def grad_rollout(
-    model: nn.Module, images: Tensor, class_index: int | Sequence[int] | Tensor | None = None
+    model: nn.Module,
+    images: Tensor,
+    class_index: int | Sequence[int] | Tensor | None = None,
+    precision: str = "fp32",
 ) -> Explanation:
     """Gradient-weighted rollout: why the model gives class k (Chefer et al. 2021).
 
@@ -309,6 +313,8 @@ def grad_rollout(
         model: a ``VisionTransformer`` with a classifier head.
         images: [B, C, H, W], normalised as the model expects.
         class_index: the class to explain, one for all or one per image; None: the predicted one.
+        precision: of the forward and backward pass ("fp32" or "bf16"); the relevance is
+            accumulated in fp32 either way.
     """
     if not getattr(model, "num_classes", 0):
         raise InvalidInputError(
@@ -319,14 +325,18 @@ def grad_rollout(
         # An input that needs a gradient puts the weights in the graph even when every
         # parameter is frozen.
         x = images.detach().clone().requires_grad_(True)
-        logits, attentions = model.forward_attention(x)
+        with autocast(precision, images.device):
+            logits, attentions = model.forward_attention(x)
+        logits = logits.float()
         if class_index is None:
             index = logits.argmax(dim=-1)
         else:
             index = class_indices(class_index, logits.shape[0], logits.shape[1])
         target = logits.gather(1, index[:, None]).sum()
         grads = torch.autograd.grad(target, attentions)
-    fused = [(g * a.detach()).clamp(min=0).mean(dim=1) for g, a in zip(grads, attentions)]
+    fused = [
+        (g.float() * a.detach().float()).clamp(min=0).mean(dim=1) for g, a in zip(grads, attentions)
+    ]
     B, N, _ = fused[0].shape
     query = readout_query(B, N, model.num_prefix_tokens, model.global_pool, fused[0])
     maps = to_grid(accumulate(fused, query), model.num_prefix_tokens, _grid(model, images))
@@ -343,6 +353,7 @@ def explain(
     layer: int = -1,
     head: int | None = None,
     class_index: int | Sequence[int] | Tensor | None = None,
+    precision: str = "fp32",
 ) -> Explanation:
     """Maps of where a ViT looks, for a batch of images, from one forward pass.
 
@@ -355,6 +366,9 @@ def explain(
         head_fusion, discard: for ``rollout``.
         layer, head: for ``heads``.
         class_index: for ``grad-rollout``.
+        precision: of the forward pass ("fp32" or "bf16", see ``keymodels.runtime``); the
+            maps are computed from its weights in fp32 either way (bf16 maps correlate with fp32
+            ones at r ≥ 0.999, ``benchmarks/bench_fastpath_accuracy.py``).
 
     Returns:
         An :class:`Explanation`; ``maps`` [B, gh, gw] sum to 1 per image.
@@ -364,10 +378,13 @@ def explain(
     if images.dim() != 4:
         raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(images.shape)}")
     if method == "grad-rollout":
-        return grad_rollout(model, images, class_index)
+        return grad_rollout(model, images, class_index, precision)
     grid = _grid(model, images)
     with _eval_mode(model), torch.no_grad():
-        logits, attentions = model.forward_attention(images)
+        with autocast(precision, images.device):
+            logits, attentions = model.forward_attention(images)
+        # Rollout multiplies L matrices: in fp32, whatever precision the weights came in.
+        logits, attentions = logits.float(), [a.float() for a in attentions]
         prefix, pool = model.num_prefix_tokens, model.global_pool
         if method == "rollout":
             maps = rollout(attentions, grid, prefix, pool, head_fusion, discard)

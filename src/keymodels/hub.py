@@ -203,6 +203,10 @@ def from_pretrained(
 ) -> VisionTransformer:
     """Load a model saved by :func:`save_pretrained` (or a transformers / timm ViT directory).
 
+    The weights are loaded in float32, the model's compute dtype, whatever dtype the file holds
+    (fp16/bf16 weights are widened), so the model takes float32 batches; cast it with
+    ``model.to(dtype)`` for half-precision inference.
+
     Args:
         dir_or_repo_id: a local directory, or a Hub repo id ``owner/name``.
         num_classes: a head of this size; if the checkpoint's differs, the head is
@@ -211,3 +215,62 @@ def from_pretrained(
         revision, cache_dir: passed to ``huggingface_hub`` for repo ids.
     """
     return load_pretrained(dir_or_repo_id, num_classes, img_size, revision, cache_dir)[0]
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Any keymodels ViT on disk, in eval mode, with what predicting and evaluating need.
+
+    Args:
+        path: a ``keymodels train`` run folder or checkpoint, a :func:`save_pretrained` (or
+            ``keymodels convert --to keymodels``) folder, or the ``model.safetensors`` in one.
+
+    Returns:
+        ``(model, info)`` with the keys of :func:`keymodels.runs.load_vit`'s ``info``, plus
+        ``missing``: what the folder does not record (``"class names"``, ``"mean/std"``). Then the
+        classes are named by their index and mean/std are 0.5 (Hugging Face's default), with a
+        warning; evaluating needs the real ones.
+    """
+    from .runs import load_vit as load_trained  # here: runs imports torchvision (keymodels.data)
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    is_pretrained = (folder / CONFIG_NAME).is_file() and (
+        (path.is_dir() and (path / WEIGHTS_NAME).is_file()) or path.name == WEIGHTS_NAME
+    )
+    if not is_pretrained:
+        model, info = load_trained(path)
+        return model, {**info, "missing": []}
+    model, found = load_pretrained(folder)
+    c = model.config
+    missing = []
+    class_names = found.class_names
+    if not class_names:
+        missing.append("class names")
+        class_names = [str(i) for i in range(c.num_classes)]
+    mean, std = found.preprocessing.get("mean"), found.preprocessing.get("std")
+    if mean is None or std is None:
+        missing.append("mean/std")
+        mean, std = [0.5] * c.in_chans, [0.5] * c.in_chans
+    if missing:
+        log.warning(
+            "%s records no %s; using %s (pass class_names= and preprocessing= to "
+            "save_pretrained to record them)",
+            folder / CONFIG_NAME,
+            " or ".join(missing),
+            " and ".join({"class names": "index names", "mean/std": "0.5"}[m] for m in missing),
+        )
+    info = {
+        "class_names": list(class_names),
+        "config": c.to_dict(),
+        "mean": list(mean),
+        "std": list(std),
+        "img_size": list(to_2tuple(c.img_size)),
+        "in_chans": c.in_chans,
+        "recipe": {},
+        "epoch": None,
+        "test_acc": None,
+        "data_dir": None,
+        "checkpoint": str(folder / WEIGHTS_NAME),
+        "missing": missing,
+    }
+    return model, info

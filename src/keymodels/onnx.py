@@ -6,11 +6,13 @@ directory, then is renamed into place, so a failed export leaves nothing half-wr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from .layers import to_2tuple
 from .rundir import check_writable_output
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+BATCH_AXIS = "batch"  # the name of the dynamic first axis of both
 _MAX_SINGLE_FILE = 1_900_000_000  # protobuf's 2 GB limit, with room for the graph
 
 
@@ -28,17 +31,27 @@ class OnnxError(KeymodelsError):
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, opset: int | None = None, force: bool = False
+    model: nn.Module,
+    path: str | os.PathLike,
+    opset: int | None = None,
+    force: bool = False,
+    class_names: Sequence[str] | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (images [B, C, H, W] -> logits [B, K]) to ``path`` with a dynamic batch.
 
-    Models over ~2 GB (ViT-H) keep their weights beside the graph in ``<path>.data``.
+    The batch axis of input ``images`` and output ``logits`` is named ``batch``. The model's
+    ``metadata_props`` record, as JSON strings, ``input_size`` [C, H, W] and, where given,
+    ``class_names``, ``mean`` and ``std`` (see docs/conversion.md for onnxruntime use). Models
+    over ~2 GB (ViT-H) keep their weights beside the graph in ``<path>.data``.
 
     Args:
         model: a keymodels ``VisionTransformer`` (anything with ``config.in_chans/img_size``).
         path: the ``.onnx`` file to write.
         opset: ONNX opset version (None: the exporter's default).
         force: overwrite an existing ``path``; otherwise that is an error.
+        class_names: one name per output class, in order.
+        preprocessing: ``{"mean": [...], "std": [...]}`` the inputs are normalized with.
     """
     path = Path(path)
     if path.suffix != ".onnx":
@@ -59,12 +72,19 @@ def export_onnx(
                 str(tmp / path.name),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
                 opset_version=opset,
                 dynamo=True,
                 external_data=size > _MAX_SINGLE_FILE,
                 verbose=False,
             )
+        metadata = {"input_size": [config.in_chans, h, w]}
+        if class_names is not None:
+            metadata["class_names"] = list(class_names)
+        for key in ("mean", "std"):
+            if (preprocessing or {}).get(key) is not None:
+                metadata[key] = list(preprocessing[key])
+        _add_metadata(tmp / path.name, metadata)
         # The graph names its weights file, so the data goes into place first, the graph last.
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == path.name):
             os.replace(f, path.parent / f.name)
@@ -75,6 +95,25 @@ def export_onnx(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _add_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` in the ONNX file's ``metadata_props``, each value as a JSON string."""
+    import onnx  # the exporter needs it, so it is installed when exporting works
+
+    proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata_props`` that :func:`export_onnx` wrote, decoded from JSON."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
 
 
 def onnx_session(

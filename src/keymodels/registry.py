@@ -34,7 +34,9 @@ def get_config(name: str, **overrides: Any) -> Any:
     if name not in _REGISTRY:
         raise unknown_name("model", name, _REGISTRY)
     config, _ = _REGISTRY[name]
-    reject_unknown_fields(f"{name!r} config", overrides, (f.name for f in dataclasses.fields(config)))
+    reject_unknown_fields(
+        f"{name!r} config", overrides, (f.name for f in dataclasses.fields(config))
+    )
     return dataclasses.replace(config, **overrides)
 
 

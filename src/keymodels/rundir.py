@@ -190,8 +190,9 @@ def _trained(path: Path) -> str | None:
     details = list(present)
     if meta.get("epoch") is not None:
         details.append(f"epoch {meta['epoch']}")
-    if isinstance(meta.get("val_acc"), (int, float)):
-        details.append(f"validation accuracy {meta['val_acc']:.2%}")
+    acc = meta.get("test_acc", meta.get("val_acc"))  # "val_acc": ViT runs before the Run object
+    if isinstance(acc, (int, float)):
+        details.append(f"test accuracy {acc:.2%}")
     return ", ".join(details)
 
 

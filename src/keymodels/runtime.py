@@ -23,13 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, reject_unknown_fields
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # CPU flags (Linux /proc/cpuinfo) that give bf16 arithmetic its own units: without them torch
 # emulates bf16 through fp32 conversions, which can be far slower than fp32 itself.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -65,19 +64,20 @@ class Hardware:
         return {**dataclasses.asdict(self), "flags": list(self.flags)}  # as JSON gives it back
 
 
-def _cpu_flags() -> tuple[str, ...]:
+def _cpuinfo() -> tuple[str, set[str]] | None:
+    """The CPU's model name and flags from /proc/cpuinfo (None where there is none: not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags to read; torch's capability string still says much
-        return ()
-    flags: set[str] = set()
-    name = ""
+    except OSError:
+        return None
+    name, flags = "cpu", set()
     for line in text.splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        elif line.startswith("model name") and not name:
-            name = line.split(":", 1)[1].strip()
-    return tuple(f for f in REPORTED_CPU_FLAGS if f in flags) + ((f"name={name}",) if name else ())
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == "cpu":
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return name, flags
 
 
 @functools.cache
@@ -92,13 +92,15 @@ def hardware(device: str = "cpu") -> Hardware:
             flags=(),
             bf16_native=torch.cuda.is_bf16_supported(),
         )
-    raw = _cpu_flags()
-    name = next((f[5:] for f in raw if f.startswith("name=")), "cpu")
-    flags = tuple(f for f in raw if not f.startswith("name="))
-    native = any(f in flags for f in BF16_CPU_FLAGS)
-    if not raw:  # no /proc/cpuinfo: ask oneDNN, which checks the same instructions
+    capability = torch.backends.cpu.get_cpu_capability()
+    info = _cpuinfo()
+    if info is None:  # no /proc/cpuinfo: ask oneDNN, which checks the same instructions
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return Hardware("cpu", name, torch.backends.cpu.get_cpu_capability(), flags, native)
+        return Hardware("cpu", "cpu", capability, (), native)
+    name, all_flags = info
+    flags = tuple(f for f in REPORTED_CPU_FLAGS if f in all_flags)
+    native = any(f in flags for f in BF16_CPU_FLAGS)
+    return Hardware("cpu", name, capability, flags, native)
 
 
 def autocast(
@@ -138,6 +140,7 @@ class PrecisionChoice:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrecisionChoice:
+        reject_unknown_fields("precision choice", d, (f.name for f in dataclasses.fields(cls)))
         return cls(**d)
 
 
@@ -363,7 +366,8 @@ def cached_choice(key: str, choose: Callable[[], PrecisionChoice]) -> PrecisionC
     except (OSError, ValueError):
         cache = {}
     cache = cache if isinstance(cache, dict) else {}
-    with contextlib.suppress(KeyError, TypeError):  # absent, or written by another version
+    # absent, or written by another version of keymodels: choose again
+    with contextlib.suppress(KeyError, TypeError, InvalidInputError):
         return PrecisionChoice.from_dict(cache[key])
     choice = choose()
     cache[key] = choice.to_dict()

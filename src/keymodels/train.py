@@ -1,12 +1,16 @@
-"""The training engine: a recipe and a data folder in, a trained ViT and its run folder out.
+"""The ViT training engine: a recipe and a data folder in, a trained ViT and its run folder out.
 
 AdamW (no decay on norms, biases, embeddings), warmup + cosine, clipping, EMA, bf16 autocast
-where measured faster (``keymodels.runtime``), torchrun DDP; atomic checkpoints every epoch that ``resume=True`` continues exactly.
+where measured faster (``keymodels.runtime``), torchrun DDP; the run folder, its atomic
+checkpoints and exact resume are ``keymodels.run.Run``'s. Loading a trained ViT is
+``keymodels.runs``'s.
+
+The ViT recipes have no validation split yet: the score evaluated after every epoch, that picks
+``best.safetensors``, is the test split's (``test_acc``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -26,14 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    resolve_checkpoint,
-    rng_state,
-    save_checkpoint,
-)
+from .checkpoint import Checkpoint, check_compatible, rng_state
 from .checkpoint import set_rng_state as restore_rng_state
 from .data import (
     ArrayDataset,
@@ -54,29 +51,23 @@ from .distributed import (
     cleanup,
     init_distributed,
 )
-from .errors import KeymodelsError
 from .layers import to_2tuple
-from .metrics import MetricsLogger, plot_curves
+from .metrics import plot_curves
 from .plotting import pyplot, save_figure
 from .registry import get_config
-from .rundir import claim_run_folder
-from .runguard import (
-    GracefulStop,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    crash_point,
-    remove_stale_temp_files,
-)
-from .runtime import PrecisionChoice, choose_training_precision
-from .vit import VisionTransformer, ViTConfig
+from .run import Run, TrainingError, lr_factor
+from .runguard import GracefulStop, NonFiniteGuard, NonFiniteLossError, crash_point
+from .runs import evaluate
+from .vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token")
-
-
-class TrainingError(KeymodelsError):
-    """A run that cannot start or continue (bad resume, non-finite loss, failed checkpoint)."""
+NONFINITE_HINT = (
+    "Lower --lr, lengthen --warmup-epochs or keep --clip-grad on, then --resume, or pass "
+    "--on-nonfinite skip"
+)
+MISMATCH_HINT = "Resume with the recipe and model it was trained with, or use a new --out folder"
 
 
 @dataclass
@@ -85,7 +76,7 @@ class TrainResult:
 
     model: VisionTransformer
     out: Path
-    best_acc: float
+    best_test_acc: float | None  # the best test-split accuracy after an epoch (None: no epoch)
     epochs_done: int
     history: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
@@ -117,42 +108,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at ``step``: linear warmup from ~0, then cosine to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def compute_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Tensor:
     """Cross-entropy with label smoothing; ``targets`` are class indices [B] or mixed soft labels [B, K]."""
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-
-def check_compatible(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
-    """Raise :class:`TrainingError` naming every missing, unexpected or mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(weights))
-        if weights[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            more = f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""
-            parts.append("shape mismatch " + "; ".join(shapes[:3]) + more)
-        for what, keys in (("missing", missing), ("unexpected", unexpected)):
-            if keys:
-                more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
-                parts.append(f"{what} keys {keys[:3]}{more}")
-        raise TrainingError(
-            f"{source} holds weights of another model: {', '.join(parts)}. Resume with the recipe "
-            "and model it was trained with, or use a new --out folder"
-        )
 
 
 def _stats(splits: DataSplits, img_size: tuple[int, int]) -> tuple[list[float], list[float]]:
@@ -171,39 +129,6 @@ def _stats(splits: DataSplits, img_size: tuple[int, int]) -> tuple[list[float], 
         raise TrainingError("no readable training image to compute normalization statistics from")
     x = (torch.stack(images) * 255).round().to(torch.uint8)
     return mean_std(x)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
-) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
-    was_training = model.training
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, n, skipped = 0.0, 0, 0
-    for images, labels, n_skipped in loader:
-        skipped += n_skipped
-        if not len(labels):
-            continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        pred = logits.argmax(1)
-        confusion += torch.bincount(
-            (labels * num_classes + pred).cpu(), minlength=num_classes**2
-        ).reshape(num_classes, num_classes)
-        n += len(labels)
-    model.train(was_training)
-    per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1).float()
-    return {
-        "loss": loss_sum / max(n, 1),
-        "acc": float(confusion.diag().sum()) / max(n, 1),
-        "per_class_acc": per_class.tolist(),
-        "confusion": confusion.tolist(),
-        "n": n,
-        "skipped": skipped,
-    }
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
@@ -229,48 +154,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-# -- loading a trained model --------------------------------------------------------------------
-
-
-def load_trained(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Load a model trained by :func:`train`, in eval mode, with what is needed to use it.
-
-    Args:
-        path: a run folder (its best checkpoint, else last) or a checkpoint file.
-
-    Returns:
-        ``(model, info)``; ``info`` has ``class_names``, ``config`` (a ViTConfig dict), the eval
-        preprocessing ``mean``, ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``,
-        ``epoch``, ``val_acc``, ``checkpoint``.
-    """
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
-    meta = ckpt.meta
-    if "config" not in meta or "class_names" not in meta:
-        raise CheckpointError(
-            f"{ckpt_path} is a keymodels checkpoint but not of a trained classifier"
-        )
-    config = ViTConfig.from_dict(meta["config"])
-    model = VisionTransformer(config)
-    check_compatible(model, ckpt.model, str(ckpt_path))
-    model.load_state_dict(ckpt.model)
-    model.eval()
-    info = {
-        "class_names": list(meta["class_names"]),
-        "config": config.to_dict(),
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "img_size": list(to_2tuple(config.img_size)),
-        "in_chans": config.in_chans,
-        "recipe": meta.get("recipe", {}),
-        "epoch": meta.get("epoch"),
-        "val_acc": meta.get("val_acc"),
-        "data_dir": meta.get("data_dir"),
-        "checkpoint": str(ckpt_path),
-    }
-    return model, info
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -414,37 +297,6 @@ def train_one_epoch(
 PARTIAL_KEYS = ("loss_sum", "correct", "seen", "skipped", "steps", "batches", "nonfinite", "time")
 
 
-def _save(path: Path, ckpt: Checkpoint, epoch: int) -> None:
-    try:
-        save_checkpoint(path, ckpt)
-    except CheckpointError as e:
-        raise TrainingError(
-            f"epoch {epoch}: {e}. Free some space and run again with --resume"
-        ) from e
-
-
-def _choose_precision(
-    requested: str,
-    model: nn.Module,
-    loss_fn: Any,
-    dist_info: DistInfo,
-    previous: dict[str, Any] | None,
-) -> PrecisionChoice:
-    """The run's precision: measured on CPU (rank 0's choice for every rank under DDP, since
-    ranks must agree), bf16 (or fp16 with loss scaling) autocast on CUDA unless fp32 is asked."""
-    if dist_info.device.type == "cuda":
-        if requested == "fp32":
-            return PrecisionChoice("fp32", requested, "as requested")
-        bf16 = torch.cuda.is_bf16_supported()
-        if requested == "bf16" and not bf16:
-            raise TrainingError("this GPU has no bf16 support; use precision='auto' (fp16) or 'fp32'")
-        return PrecisionChoice("bf16" if bf16 else "fp16", requested, "CUDA mixed precision")
-    choice = choose_training_precision(requested, model, loss_fn, dist_info.device, previous)
-    if dist_info.enabled:
-        choice = PrecisionChoice.from_dict(all_gather_objects(choice.to_dict())[0])
-    return choice
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DistributedDataParallel
@@ -500,15 +352,18 @@ def train(
     dist_info: DistInfo = init_distributed(device)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out)
+    guard = NonFiniteGuard(on_nonfinite)
+    dist_info: DistInfo = init_distributed(device)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     try:
         # Only rank 0 writes the run folder, so only it checks and locks it.
-        claim = claim_run_folder(out, "vit", resume=resume, force=force, main=dist_info.is_main)
-        with claim, GracefulStop() as stop:
+        with Run(out, "vit", resume=resume, force=force, main=dist_info.is_main) as run:
             return _train(
-                recipe, out, data_dir, dist_info, stop, guard, resume=resume, precision=precision,
-                compile=compile, download=download, on_error=on_error, max_steps=max_steps,
-                progress=progress,
+                recipe, run, data_dir, dist_info, guard, precision=precision, compile=compile,
+                download=download, on_error=on_error, max_steps=max_steps, progress=progress,
             )  # fmt: skip
     finally:
         cleanup()
@@ -516,13 +371,11 @@ def train(
 
 def _train(
     recipe: Recipe,
-    out: Path,
+    run: Run,
     data_dir: str | Path | None,
     dist_info: DistInfo,
-    stop: GracefulStop,
     guard: NonFiniteGuard,
     *,
-    resume: bool,
     precision: str,
     compile: bool,
     download: bool,
@@ -530,7 +383,7 @@ def _train(
     max_steps: int | None,
     progress: bool,
 ) -> TrainResult:
-    main, dev = dist_info.is_main, dist_info.device
+    main, dev, out = dist_info.is_main, dist_info.device, run.out
     seed_everything(recipe.seed)
 
     # Data, with normalization from the training set's own statistics.
@@ -556,6 +409,7 @@ def _train(
     splits.train.transform = train_transform(recipe.augment, img_size, mean, std, resize)
     splits.test.transform = eval_transform(img_size, mean, std, resize)
 
+    # Model, optimizer, warmup + cosine schedule, EMA.
     model = VisionTransformer(config).to(dev)
     if len(splits.train) < recipe.batch_size * dist_info.world_size:
         raise TrainingError(
@@ -576,55 +430,35 @@ def _train(
         else None
     )
 
-    start_epoch, best_acc, step = 0, -1.0, 0
-    partial: dict[str, Any] | None = None  # an epoch a stop interrupted, to be finished first
-    previous_precision: dict[str, Any] | None = None
-    scaler_state: dict[str, Any] | None = None
-    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
-    if main:
-        remove_stale_temp_files(out)
-    if resume:
-        if not last_path.is_file():
-            raise TrainingError(
-                f"nothing to resume: {last_path} does not exist (train without --resume)"
-            )
-        ckpt = load_checkpoint(last_path)
-        previous_precision = ckpt.state.get("precision")
-        scaler_state = ckpt.state.get("scaler")
+    # Resume: the weights (with EMA, the raw ones are "train_model"), optimizer, schedule, RNG.
+    step, scaler_state = 0, None
+    if (ckpt := run.resume()) is not None:
         weights = ckpt.state.get("train_model", ckpt.model)
-        check_compatible(model, weights, str(last_path))
+        check_compatible(model, weights, str(run.last_path), MISMATCH_HINT)
         model.load_state_dict(weights)
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])
         if ema is not None:
             if "train_model" not in ckpt.state:
-                raise TrainingError(f"{last_path} was trained without EMA; resume with --ema 0")
+                raise TrainingError(f"{run.last_path} was trained without EMA; resume with --ema 0")
             ema.module.load_state_dict(ckpt.model)
             ema.n_averaged.fill_(int(ckpt.state["ema_n"]))
-        restore_rng_state(ckpt.state["rng"])
-        start_epoch, best_acc, step = (
-            ckpt.state["epoch"],
-            ckpt.state["best_acc"],
-            ckpt.state["step"],
-        )
-        partial = ckpt.state.get("partial")
+        run.restore_rng()
+        step, scaler_state = ckpt.state["step"], ckpt.state.get("scaler")
         if main:
-            where = f", batch {partial['batches']}" if partial else ""
-            log.info("resumed from %s after epoch %d%s", last_path, start_epoch, where)
+            where = f", batch {run.partial['batches']}" if run.partial else ""
+            log.info("resumed from %s after epoch %d%s", run.last_path, run.epoch, where)
 
     def timing_loss() -> Tensor:  # one step on a random batch of the training shape
         images = torch.randn(recipe.batch_size, config.in_chans, *img_size, device=dev)
         labels = torch.randint(config.num_classes, (recipe.batch_size,), device=dev)
         return F.cross_entropy(model(images).float(), labels)
 
-    choice = _choose_precision(precision, model, timing_loss, dist_info, previous_precision)
+    choice = run.choose_precision(precision, model, timing_loss, dev, dist_info.enabled)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice.precision]
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     if scaler_state:
         scaler.load_state_dict(scaler_state)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "precision.json").write_text(json.dumps(choice.to_dict(), indent=2))
 
     train_model: nn.Module = model
     if dist_info.enabled:
@@ -635,41 +469,40 @@ def _train(
         train_model = torch.compile(train_model)
     mix = batch_mix(recipe.augment, config.num_classes)
     test_loader = _loader(splits.test, recipe.eval_batch_size, recipe, None, False, dev)
-    logger = MetricsLogger(out) if main else None
+    eval_model = ema.module if ema is not None else model
     meta = {
         "model_name": recipe.model, "config": config.to_dict(), "class_names": splits.classes,
         "recipe": recipe.to_dict(), "mean": mean, "std": std, "img_size": list(img_size),
         "in_chans": config.in_chans, "weights": "ema" if ema else "model",
         "keymodels_version": __version__, "world_size": dist_info.world_size,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "eval_split": "test",
     }  # fmt: skip
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(meta, indent=2))
-    history: list[dict[str, Any]] = []
-    eval_model = ema.module if ema is not None else model
+    run.write_json("recipe.json", meta)
 
     def checkpoint(epochs: int, **extra: Any) -> Checkpoint:
         """Everything resume needs after ``epochs`` whole epochs (and ``partial``, if given)."""
-        state = {
-            "epoch": epochs, "step": step, "best_acc": best_acc,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), "precision": choice.to_dict(),
-            **extra,
-        }  # fmt: skip
+        state = run.state(
+            epochs, step=step, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), **extra,
+        )  # fmt: skip
         if ema is not None:
             state["train_model"] = model.state_dict()
             state["ema_n"] = int(ema.n_averaged)
         return Checkpoint(
             model=eval_model.state_dict(), state=state,
-            meta={**meta, "epoch": epochs, "val_acc": val.get("acc")},
+            meta={**meta, "epoch": epochs, "test_acc": test.get("acc")},
         )  # fmt: skip
 
-    epochs_done = start_epoch
-    val: dict[str, Any] = {}
-    for epoch in range(start_epoch, recipe.epochs):
+    def evaluate_test() -> dict[str, Any]:
+        with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            return evaluate(eval_model, test_loader, config.num_classes, dev)
+
+    history: list[dict[str, Any]] = []
+    test: dict[str, Any] = {}
+    for epoch in range(run.epoch, recipe.epochs):
         if max_steps is not None and step >= max_steps:
             break
+        partial, run.partial = run.partial, None
         step_before = step - (partial["steps"] if partial else 0)  # steps before this epoch
         remaining = None if max_steps is None else max_steps - step_before
         # Reseeding per epoch (and per rank) makes every epoch independent of what ran before it,
@@ -690,81 +523,61 @@ def _train(
                 train_model, loader, optimizer, scheduler, scaler, recipe, device=dev, mix=mix,
                 ema=ema, amp_dtype=amp_dtype, max_steps=remaining,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress and main,
-                partial=partial, stop=stop, guard=guard,
+                partial=partial, stop=run.stop, guard=guard,
             )  # fmt: skip
         except NonFiniteLossError as e:
-            kept = (
-                f"the last good checkpoint {last_path} (epoch {load_checkpoint(last_path).state['epoch']}) is kept"
-                if last_path.is_file()
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLossError(
-                f"{e}; training stopped, {kept}. Lower --lr, lengthen --warmup-epochs or keep "
-                "--clip-grad on, then --resume, or pass --on-nonfinite skip"
-            ) from None
-        partial = None
+            raise run.nonfinite(str(e), NONFINITE_HINT) from None
         step = step_before + stats["steps"]
         if stats["stopped"]:
             # SIGINT/SIGTERM: the step is done; save the epoch so far, to be finished on resume.
             # Every rank's random state goes in (each draws its own augmentations), so that a
             # resumed run repeats them all; rank 0 writes.
             rngs = all_gather_objects(rng_state())
-            if main:
-                keep = {k: v for k, v in stats.items() if k in PARTIAL_KEYS}
-                _save(last_path, checkpoint(epoch, partial={**keep, "rngs": rngs}), epoch)
+            keep = {k: v for k, v in stats.items() if k in PARTIAL_KEYS}
+            run.save(checkpoint(epoch, partial={**keep, "rngs": rngs}), where=f"epoch {epoch}")
             barrier()
-            raise stop.interrupted(
-                last_path,
-                f"step {step} (epoch {epoch + 1}, batch {stats['batches']}/{len(loader)})",
-            )
-        epochs_done = epoch + 1
+            where = f"step {step} (epoch {epoch + 1}, batch {stats['batches']}/{len(loader)})"
+            raise run.interrupted(where)
+        run.epoch = epoch + 1
         if stats["skipped"] and main:
             log.warning("epoch %d: skipped %d unreadable images", epoch + 1, stats["skipped"])
         if main:
-            with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-                val = evaluate(eval_model, test_loader, config.num_classes, dev)
+            test = evaluate_test()
             row = {
-                "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": val["loss"],
-                "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": stats["loss"], "train_acc": stats["acc"], "test_loss": test["loss"],
+                "test_acc": test["acc"], "lr": optimizer.param_groups[0]["lr"],
                 "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
-                "skipped": stats["skipped"] + val["skipped"], "nonfinite_steps": stats["nonfinite"],
+                "skipped": stats["skipped"] + test["skipped"], "nonfinite_steps": stats["nonfinite"],
                 "precision": choice.precision,
             }  # fmt: skip
             history.append({"epoch": epoch + 1, **row})
-            assert logger is not None
-            logger.log(epoch + 1, **row)
+            run.log(epoch + 1, row)
             log.info(
-                "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.0f img/s",
-                epoch + 1, recipe.epochs, stats["loss"], stats["acc"], val["loss"], val["acc"],
+                "epoch %d/%d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.0f img/s",
+                epoch + 1, recipe.epochs, stats["loss"], stats["acc"], test["loss"], test["acc"],
                 stats["img_per_s"],
             )  # fmt: skip
-            improved = val["acc"] > best_acc
-            best_acc = max(best_acc, val["acc"])
-            ckpt = checkpoint(epoch + 1)
-            _save(last_path, ckpt, epoch + 1)
-            if improved:
-                _save(best_path, ckpt, epoch + 1)
+            best = run.improved(test["acc"])
+            run.save(checkpoint(epoch + 1), best=best, where=f"epoch {epoch + 1}")
         barrier()
 
     results: dict[str, Any] = {}
     if main:
-        assert logger is not None
-        logger.close()
+        run.close_metrics()
         if history or (out / "metrics.csv").exists():
             plot_curves(
                 out / "metrics.csv", out / "train_curves.png",
-                [["train_loss", "val_loss"], ["train_acc", "val_acc"]],
+                [["train_loss", "test_loss"], ["train_acc", "test_acc"]],
                 title=f"{recipe.name}: {recipe.model}",
             )  # fmt: skip
-        if not val:
-            with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-                val = evaluate(eval_model, test_loader, config.num_classes, dev)
-        plot_confusion(val["confusion"], splits.classes, out / "confusion_matrix.png")
+        if not test:
+            test = evaluate_test()
+        plot_confusion(test["confusion"], splits.classes, out / "confusion_matrix.png")
         results = {
-            "recipe": recipe.name, "model": recipe.model, "epochs": epochs_done, "steps": step,
-            "test_acc": val["acc"], "test_loss": val["loss"], "best_acc": best_acc,
-            "per_class_acc": dict(zip(splits.classes, val["per_class_acc"])),
-            "confusion": val["confusion"], "class_names": splits.classes,
+            "recipe": recipe.name, "model": recipe.model, "epochs": run.epoch, "steps": step,
+            "test_acc": test["acc"], "test_loss": test["loss"], "best_test_acc": run.best,
+            "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])),
+            "confusion": test["confusion"], "class_names": splits.classes,
         }  # fmt: skip
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    return TrainResult(eval_model, out, best_acc, epochs_done, history, results)
+        run.write_json("results.json", results)
+    return TrainResult(eval_model, out, run.best, run.epoch, history, results)

@@ -7,14 +7,18 @@ and one line on stderr (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import math
+import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
-from ..errors import KeymodelsError
+from ..errors import InvalidInputError, KeymodelsError
 from ..runguard import TrainingInterrupted
 
 # One module per command (or group of commands); each adds its sub-parsers.
@@ -42,6 +46,48 @@ def add_precision_argument(parser: argparse.ArgumentParser, what: str = "the job
         help=f"compute precision of {what}: auto (default) times fp32 and bf16 on this machine "
         "and keeps the faster; weights stay fp32",
     )
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer >= 1 (``--threads``, ``--max-steps``, ``--top-k`` …)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {number}")
+    return number
+
+
+def finite_float(value: str) -> float:
+    """An argparse type: a float that is not NaN or infinite (``--alpha`` …)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {value!r}")
+    return number
+
+
+def png_path(value: str | os.PathLike, what: str, example: str = "figure.png") -> Path:
+    """``value`` as the path of a PNG to write, refusing a folder or another file type.
+
+    Raises:
+        InvalidInputError: ``value`` is a folder (or ends in a slash), or does not end in .png
+            (matplotlib would write another format, or add .png to a name without a suffix).
+    """
+    text, path = str(value), Path(value)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise InvalidInputError(
+            f"{what} {text} is a folder; give the PNG file to write, e.g. {path / example}"
+        )
+    if path.suffix.lower() != ".png":
+        raise InvalidInputError(
+            f"{what} {text}: the figure is written as PNG; give a file name ending in .png, "
+            f"e.g. {path.with_suffix('.png')}"
+        )
+    return path
 
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("keymodels.runtime").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`keymodels eval RUN | head -2`): not an error of ours. Point
+        # stdout at devnull so that flushing it at exit does not raise again.
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no file (in-process)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("keymodels: interrupted", file=sys.stderr)
         return 130

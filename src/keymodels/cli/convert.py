@@ -46,7 +46,10 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     model, report = load(
         args.src, args.from_format, model=args.model, img_size=args.img_size, **_overrides(args)
     )
-    export_onnx(model, args.dst, opset=args.opset, force=args.force)
+    export_onnx(
+        model, args.dst, opset=args.opset, force=args.force,
+        class_names=report.class_names, preprocessing=report.preprocessing,
+    )  # fmt: skip
     result = {"dst": args.dst, "config": report.config}
     if not args.no_check:
         result["max_abs_diff"] = diff = check_onnx(model, args.dst, batch_sizes=(1, 3))
@@ -57,7 +60,10 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"wrote {args.dst} (dynamic batch axis, input 'images', output 'logits')")
+        print(
+            f"wrote {args.dst} (input 'images' [batch, C, H, W], output 'logits' [batch, classes]; "
+            "class names, mean, std, input size in its metadata_props)"
+        )
         if "max_abs_diff" in result:
             print(f"onnxruntime vs PyTorch at batch 1 and 3: max |Δlogits| = {diff:.2e}")
     return 0

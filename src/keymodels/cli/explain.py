@@ -6,6 +6,7 @@ Methods: ``rollout`` (attention rollout), ``grad-rollout`` (why class K), ``head
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from ..explain import (
     top_predictions,
 )
 from ..rundir import check_writable_output
+from ..runtime import choice_key, choose_inference_precision
+from . import add_precision_argument, png_path
+from .train import DEFAULT_TOP_K
 
 
 def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
@@ -44,12 +48,10 @@ def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
     return index
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.is_dir():
-        raise InvalidInputError(
-            f"--out {out} is a folder; give the PNG file to write, e.g. {out}/explain.png"
-        )
+def _check_out(out: str | Path, force: bool) -> Path:
+    out = png_path(out, "--out", "explain.png")
     check_writable_output(out, force, what="--out")
+    return out
 
 
 def explain_to_png(
@@ -63,29 +65,42 @@ def explain_to_png(
     layer: int = -1,
     head: int | None = None,
     class_name: str | None = None,
-    top_k: int = 3,
+    top_k: int = DEFAULT_TOP_K,
     force: bool = False,
+    precision: str = "auto",
 ) -> tuple[Path, list[list[tuple[str, float]]]]:
     """Explain ``image_paths`` with the trained model at ``model_path``; one PNG grid at ``out``.
+
+    ``precision`` of the forward pass: "fp32", "bf16" or "auto" (timed, see ``keymodels.runtime``).
 
     Returns:
         The PNG written and each image's top-k (class name, probability) pairs (empty for a model
         without a head).
     """
     from ..data import preprocess_images
-    from ..train import load_trained
+    from ..hub import load_for_inference
+    from ..runs import check_finite_outputs
 
-    out = Path(out)
-    _check_out(out, force)
+    out = _check_out(out, force)
+    if top_k < 1:
+        raise InvalidInputError(f"--top-k must be >= 1; got {top_k}")
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     for p in image_paths:
+        if Path(p).is_dir():
+            raise InvalidInputError(
+                f"{p} is a folder, not an image file; pass the images in it (e.g. {p}/*.png)"
+            )
         if not Path(p).is_file():
             raise InvalidInputError(f"image {p} does not exist (or is not a file)")
-    model, info = load_trained(model_path)
+    model, info = load_for_inference(model_path)
     class_names = info["class_names"]
     images = preprocess_images([Path(p) for p in image_paths], info)
     index = _class_index(class_name, class_names)
+    if precision == "auto":
+        key = f"{choice_key(model, images, 'cpu')}/explain"
+        step = functools.partial(model.forward_attention, images)
+        precision = choose_inference_precision("auto", step, key).precision
     explanation = explain(
         model,
         images,
@@ -95,8 +110,11 @@ def explain_to_png(
         layer=layer,
         head=head,
         class_index=index,
+        precision=precision,
     )
     has_head = bool(model.num_classes)
+    if has_head:
+        check_finite_outputs(explanation.logits, info["checkpoint"])
     predictions = (
         top_predictions(explanation.logits, top_k, class_names) if has_head and top_k > 0 else []
     )
@@ -136,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         class_name=args.class_name,
         top_k=args.top_k,
         force=args.force,
+        precision=args.precision,
     )
     for image, top in zip(args.images, predictions):
         print(f"{image}: {format_predictions(top)}")
@@ -175,9 +194,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="grad-rollout: class name or index to explain (default: the predicted class)",
     )
-    p.add_argument("--top-k", type=int, default=3, help="predictions in each title (default: 3)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"predictions in each title (default: {DEFAULT_TOP_K})",
+    )
     p.add_argument("--out", required=True, help="PNG to write; its folder is created if missing")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_precision_argument(p, "the forward pass")
     p.set_defaults(func=run)
 
 

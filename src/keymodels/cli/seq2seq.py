@@ -16,9 +16,10 @@ import torch
 
 from ..errors import InvalidInputError
 from ..rundir import check_writable_output
-from ..seq2seq.data import SYNTHETIC_TASKS, TASKS, download_multi30k, read_lines
-from ..seq2seq.train import TrainConfig, evaluate, load_run, load_task, train
-from . import add_precision_argument
+from ..runs import load_seq2seq as load_run
+from ..seq2seq.data import SYNTHETIC_TASKS, TASKS, DataError, download_multi30k, read_lines
+from ..seq2seq.train import TrainConfig, evaluate, load_task, train
+from . import add_precision_argument, finite_float, png_path, positive_int
 
 SCORE_CHOICES = ("dot", "general", "concat", "scaled_dot", "none")
 
@@ -34,8 +35,7 @@ def _print_row(row: dict) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     if args.download:
         download_multi30k(args.data_dir)
@@ -56,9 +56,10 @@ def run_train(args: argparse.Namespace) -> int:
         on_nonfinite=args.on_nonfinite,
         train_size=args.train_size,
         min_len=args.min_length,
-        len_max=args.max_length,
+        synthetic_max_len=args.max_length,
         num_symbols=args.symbols,
-        data_dir=args.data_dir,
+        # Absolute: `seq2seq eval` of the run may start in another folder.
+        data_dir=str(Path(args.data_dir).resolve()),
         min_freq=args.min_freq,
         lowercase=args.lowercase,
     )
@@ -101,7 +102,13 @@ def run_eval(args: argparse.Namespace) -> int:
         tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": args.data_dir})
     from ..seq2seq.data import TranslationDataset
 
-    pairs = load_task(tc, args.split)
+    try:
+        pairs = load_task(tc, args.split)
+    except DataError as e:
+        raise DataError(
+            f"{e}; if the files are in another folder now, pass it: `keymodels seq2seq eval "
+            f"{args.run} --data-dir DIR`"
+        ) from e
     data = TranslationDataset(
         pairs, run.src_vocab, run.tgt_vocab, run.model.config.max_len, "truncate"
     )
@@ -125,10 +132,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_translate(args: argparse.Namespace) -> int:
     from ..seq2seq.experiment import attention_heatmap
-    from ..seq2seq.translate import translate
+    from ..seq2seq.translate import check_sentence_text, translate
 
     if (args.sentence is None) == (args.file is None):
         raise InvalidInputError("give one sentence or --file FILE (not both, not neither)")
+    if args.show_attention:
+        png_path(args.show_attention, "--show-attention", "attention.png")
     run = load_run(args.run)
     if args.show_attention and not run.model.has_attention:
         raise InvalidInputError(
@@ -140,9 +149,15 @@ def run_translate(args: argparse.Namespace) -> int:
         keep = [i for i, line in enumerate(lines) if line.strip()]
         if len(keep) < len(lines):
             print(
-                f"note: {len(lines) - len(keep)} empty line(s) in {args.file} left empty in the output",
+                f"note: {len(lines) - len(keep)} empty line(s) in {args.file} left empty in the "
+                "output",
                 file=sys.stderr,
             )
+        for i in keep:
+            try:
+                check_sentence_text(lines[i])
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{args.file} line {i + 1}: {e}") from None
         sentences = [lines[i] for i in keep]
     else:
         lines, keep, sentences = [args.sentence], [0], [args.sentence]
@@ -153,8 +168,10 @@ def run_translate(args: argparse.Namespace) -> int:
     by_line = dict(zip(keep, results))
     for i in range(len(lines)):
         t = by_line.get(i)
-        if t is None:
-            print("")
+        if t is None:  # an empty input line: an empty output line (a JSON one with --json)
+            empty = {"source": lines[i], "translation": "", "score": None, "unknown": [],
+                     "truncated": False, "alternatives": []}  # fmt: skip
+            print(json.dumps(empty, ensure_ascii=False) if args.json else "")
             continue
         if t.unknown:
             print(
@@ -197,8 +214,7 @@ def run_translate(args: argparse.Namespace) -> int:
 def run_experiment(args: argparse.Namespace) -> int:
     from ..seq2seq.experiment import length_experiment, multi30k_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.multi30k:
         report = multi30k_report(*args.multi30k, args.out, beam=args.beam, alpha=args.alpha)
         print(f"{'':<10} {'test BLEU':>9} {'perplexity':>10}")
@@ -326,7 +342,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     t.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="torch CPU threads (default 1: a small model's RNN step is too small to split, "
         "and extra threads only spin on a busy machine; Multi30k-size models on an idle "
@@ -350,7 +366,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", help="run directory or checkpoint file")
     e.add_argument("--split", choices=("val", "test"), default="test")
     e.add_argument("--beam", type=int, default=1)
-    e.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
+    e.add_argument("--alpha", type=finite_float, default=0.6, help="length penalty exponent")
     e.add_argument("--data-dir", help="Multi30k folder (default: the one used in training)")
     e.add_argument("--json", action="store_true")
     add_precision_argument(e, "decoding")
@@ -363,7 +379,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--epochs", type=int, default=6)
     x.add_argument("--train-size", type=int, default=12000)
     x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    x.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     x.add_argument(
         "--multi30k",
         nargs=2,
@@ -372,7 +388,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     x.add_argument("--beam", type=int, default=5, help="with --multi30k")
     x.add_argument(
-        "--alpha", type=float, default=0.6, help="with --multi30k: length penalty exponent"
+        "--alpha", type=finite_float, default=0.6, help="with --multi30k: length penalty exponent"
     )
     x.add_argument("--no-progress", action="store_true")
     x.add_argument("--force", action="store_true", help="start over in an OUT that holds runs")
@@ -384,13 +400,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("run", help="run directory or checkpoint file")
     tr.add_argument("sentence", nargs="?")
-    tr.add_argument("--file", help="one sentence per line (UTF-8)")
+    tr.add_argument(
+        "--file",
+        help="one sentence per line (UTF-8; '-': standard input); an empty line gives an empty "
+        "output line, so the output stays line-aligned with the input",
+    )
     tr.add_argument("--beam", type=int, default=5)
-    tr.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
+    tr.add_argument("--alpha", type=finite_float, default=0.6, help="length penalty exponent")
     tr.add_argument("--n-best", type=int, default=1)
     tr.add_argument("--too-long", choices=("error", "truncate"), default="error")
     tr.add_argument("--show-attention", metavar="PNG", help="write the attention heatmap here")
     tr.add_argument("--force", action="store_true", help="overwrite the --show-attention PNG")
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument(
+        "--json", action="store_true", help="JSON Lines: one JSON object per input line"
+    )
     add_precision_argument(tr, "decoding")
     tr.set_defaults(func=run_translate)

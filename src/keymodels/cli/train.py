@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,18 @@ from ..data import (
     get_recipe,
     list_recipes,
     load_dataset,
-    preprocess_images,
 )
 from ..errors import InvalidInputError
+from ..hub import load_for_inference
+from ..runs import evaluate, predict
 from ..runtime import optimize
-from . import add_compile_argument, add_precision_argument
+from . import add_compile_argument, add_precision_argument, positive_int
+
+DEFAULT_TOP_K = 3  # predict and explain: classes listed per image
+MAX_DEFAULT_THREADS = 4  # see default_threads
+THREADS_HELP = (
+    f"torch CPU threads (default: the idle cores by the load average, 1 to {MAX_DEFAULT_THREADS})"
+)
 
 # Command-line flag -> Recipe field, for the plain overrides.
 RECIPE_FLAGS = {
@@ -52,11 +61,35 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     return get_recipe(args.recipe, **overrides)
 
 
+def default_threads() -> int:
+    """torch CPU threads when ``--threads`` is not given: the idle cores, at least 1, at most 4.
+
+    Idle cores are the cores this process may use minus the 1-minute load average. torch's own
+    default (one thread per core) oversubscribes a machine that other jobs keep busy: its threads
+    wait on each other at every op, and ViT training ran 6-10× slower (docs/training.md).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        busy = 0
+    # torch.get_num_threads(): a lower setting made in this process (tests, the demo) stays.
+    return max(1, min(cores - busy, MAX_DEFAULT_THREADS, torch.get_num_threads()))
+
+
 def _setup(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger().setLevel(logging.INFO)  # the root logger may be set up already
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(getattr(args, "threads", None) or default_threads())
+    if getattr(args, "device", None) == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            "--device cuda: no GPU is visible (torch.cuda.is_available() is False: no NVIDIA "
+            "driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only torch); leave out --device to "
+            "train on the CPU"
+        )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -81,22 +114,27 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         print(
             f"{recipe.name}: {recipe.model}, {r['epochs']} epochs in {elapsed:.0f} s: "
-            f"test accuracy {r['test_acc']:.2%} (best {r['best_acc']:.2%})"
+            f"test accuracy {r['test_acc']:.2%} (best {r['best_test_acc']:.2%})"
         )
         print(f"outputs in {result.out.resolve()} (best.safetensors, train_curves.png, ...)")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..train import evaluate, load_trained
-
     _setup(args)
-    model, info = load_trained(args.run)
+    model, info = load_for_inference(args.run)
+    if info["missing"]:
+        raise InvalidInputError(
+            f"{info['checkpoint']}: its config.json records no {' and no '.join(info['missing'])}, "
+            "which evaluating needs; save it again with save_pretrained(model, dir, class_names=…, "
+            "preprocessing={'mean': …, 'std': …}), or evaluate the training run it came from"
+        )
     recipe = info["recipe"]
-    dataset = recipe.get("dataset")
+    dataset = args.dataset or recipe.get("dataset")
     if dataset not in DATASETS:
         raise InvalidInputError(
-            f"{info['checkpoint']} does not say which data set it was trained on"
+            f"{info['checkpoint']} does not say which data set it was trained on; pass "
+            f"--dataset ({', '.join(DATASETS)}) and --data-dir"
         )
     data_dir = args.data_dir or info.get("data_dir")
     splits = load_dataset(
@@ -119,6 +157,11 @@ def run_eval(args: argparse.Namespace) -> int:
     example = next(iter(loader))[0]
     fast = optimize(model, args.precision, args.compile, example, expected_items=len(splits.test))
     res = evaluate(fast, loader, len(info["class_names"]))
+    if not math.isfinite(res["loss"]):
+        raise InvalidInputError(
+            f"the model in {info['checkpoint']} gives NaN or infinite outputs: its weights are "
+            "broken (a diverged run or a damaged file); use an earlier checkpoint or train again"
+        )
     per_class = dict(zip(info["class_names"], res["per_class_acc"]))
     if args.json:
         print(json.dumps({"accuracy": res["acc"], "loss": res["loss"], "n": res["n"],
@@ -137,41 +180,12 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict(
-    run: str | Path,
-    images: list[str | Path],
-    top_k: int = 5,
-    precision: str = "auto",
-    compile: str = "auto",
-) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file, with the model of ``run``, on the
-    inference fast path of ``precision`` and ``compile`` (see :func:`keymodels.runtime.optimize`)."""
-    from ..train import load_trained
-
-    model, info = load_trained(run)
-    x = preprocess_images(images, info)
-    fast = optimize(model, precision, compile, x, expected_items=len(x))
-    with torch.inference_mode():
-        probs = fast(x).softmax(-1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [
-        {
-            "image": str(path),
-            "top": [
-                {"class": info["class_names"][int(i)], "prob": float(p)}
-                for p, i in zip(top.values[n], top.indices[n])
-            ],
-        }
-        for n, path in enumerate(images)
-    ]
-
-
 def run_predict(args: argparse.Namespace) -> int:
     _setup(args)
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1; got {args.top_k}")
-    rows = predict(args.run, args.images, args.top_k, args.precision, args.compile)
+    loaded = load_for_inference(args.run)
+    rows = predict(loaded, args.images, args.top_k, args.precision, args.compile)
     if args.json:
         print(json.dumps({"predictions": rows}))
         return 0
@@ -247,8 +261,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop, keeping the last good checkpoint (default), or "
                    "skip the step and count it")  # fmt: skip
-    r.add_argument("--max-steps", type=int, help="stop after this many steps (quick trials)")
-    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.add_argument(
+        "--max-steps", type=positive_int, help="stop after this many steps (quick trials)"
+    )
+    r.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=run_train)
@@ -257,22 +273,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_train(sub)
     p = sub.add_parser("eval", help="test accuracy of a trained ViT (per class, confusion)")
-    p.add_argument("run", help="run folder (its best checkpoint) or checkpoint file")
+    p.add_argument(
+        "run", help="run folder (its best checkpoint), checkpoint file or save_pretrained folder"
+    )
     p.add_argument("--data-dir", help="the data set's files (not needed for digits)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="the data set to test on (default: the run's; needed for save_pretrained folders)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=500)
     add_precision_argument(p, "inference")
     add_compile_argument(p)
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="classify image files with a trained ViT")
-    p.add_argument("run", help="run folder (its best checkpoint) or checkpoint file")
+    p.add_argument(
+        "run", help="run folder (its best checkpoint), checkpoint file or save_pretrained folder"
+    )
     p.add_argument("images", nargs="+", help="image files of any size and mode")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"classes listed per image (default: {DEFAULT_TOP_K})",
+    )
     add_precision_argument(p, "inference")
     add_compile_argument(p)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_predict)

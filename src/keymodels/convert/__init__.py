@@ -154,9 +154,9 @@ def load(
     if fmt == "keymodels" and (
         is_training_checkpoint(src) or (src.is_dir() and not (src / "config.json").exists())
     ):
-        from ..train import load_trained  # a run folder or checkpoint of `keymodels train`
+        from ..runs import load_vit  # here: runs imports torchvision (keymodels.data)
 
-        vit, info = load_trained(src)
+        vit, info = load_vit(src)  # a run folder or checkpoint of `keymodels train`
         report = ConversionReport("keymodels run", "keymodels", len(vit.state_dict()))
         report.config, report.class_names = vit.config.to_dict(), info["class_names"]
         report.preprocessing = {"mean": info["mean"], "std": info["std"]}

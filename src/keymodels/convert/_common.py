@@ -181,12 +181,31 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], fmt: str)
     )
 
 
+def as_compute_dtype(state: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    """``state`` with every tensor in float32, the model's compute dtype.
+
+    fp16/bf16 weights are widened (lossless), so the model takes the float32 batches every
+    keymodels preprocessing produces; integer or boolean tensors cannot be weights and are refused.
+    """
+    wrong = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
+    if wrong:
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise ConversionError(
+            f"the {fmt} weights hold non-floating-point tensors: {', '.join(wrong[:3])}{more}; "
+            "ViT weights are float32, float16 or bfloat16 (is the file quantized or not a ViT?)"
+        )
+    return {k: v.float() for k, v in state.items()}
+
+
 def build(config: ViTConfig, state: dict[str, Tensor], fmt: str) -> VisionTransformer:
-    """A ``VisionTransformer(config)`` holding exactly ``state`` (keymodels layout), in eval mode."""
+    """A ``VisionTransformer(config)`` holding exactly ``state`` (keymodels layout), in eval mode.
+
+    The weights are loaded in float32 (fp16/bf16 files are widened, see :func:`as_compute_dtype`).
+    """
     with torch.device("meta"):  # no init cost: every tensor is replaced below
         model = VisionTransformer(config)
     check_state_dict(model, state, fmt)
-    model.load_state_dict(state, assign=True)
+    model.load_state_dict(as_compute_dtype(state, fmt), assign=True)
     return model.eval()
 
 

@@ -323,13 +323,17 @@ def load_cifar(
 
 
 def scan_image_folder(
-    root: str | os.PathLike, min_classes: int = 2
+    root: str | os.PathLike, min_classes: int = 2, allow_empty: bool = False
 ) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``root/<class>/<image>`` -> ``([(path, label)], classes)``; classes sorted by name."""
+    """``root/<class>/<image>`` -> ``([(path, label)], classes)``; classes sorted by name.
+
+    A class folder without images is an error naming it (it would silently drop a class and
+    shift the labels of the others), unless ``allow_empty`` (a validation tree may lack a class).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
-    classes, samples = [], []
+    classes, samples, empty = [], [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
             f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
@@ -337,6 +341,13 @@ def scan_image_folder(
         if files:
             samples += [(f, len(classes)) for f in files]
             classes.append(d.name)
+        else:
+            empty.append(str(d))
+    if empty and samples and not allow_empty:
+        raise DataError(
+            f"class folder(s) {', '.join(empty)} hold no images (extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)"
+        )
     if not samples:
         raise DataError(
             f"no images found under {root}: expected one folder per class, "
@@ -368,7 +379,7 @@ def load_image_folder(
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
         train, classes = scan_image_folder(root / "train")
-        test, val_classes = scan_image_folder(val_dir, min_classes=1)
+        test, val_classes = scan_image_folder(val_dir, min_classes=1, allow_empty=True)
         extra = sorted(set(val_classes) - set(classes))
         if extra:
             raise DataError(f"{val_dir} has classes {extra} that {root / 'train'} does not have")

@@ -43,6 +43,10 @@ def load_image(
         ImageDecodeError: naming the file, if it is unreadable, truncated or over ``max_pixels``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageDecodeError(
+            f"{path} is a folder, not an image file; pass the images in it (e.g. {path}/*.png)"
+        )
     if not path.is_file():
         raise ImageDecodeError(f"no image file at {path}")
     try:

@@ -47,6 +47,10 @@ class Recipe:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.img_size is not None and self.img_size < 1:
+            raise InvalidInputError(
+                f"img_size must be >= 1 pixel (or None: the model's); got {self.img_size}"
+            )
         if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
             raise InvalidInputError("lr must be > 0; min_lr, warmup_epochs, weight_decay >= 0")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema < 1.0:

@@ -41,6 +41,9 @@ class Augment:
             raise InvalidInputError(
                 "random_erasing must be in [0, 1], random_resized_crop in [0, 1)"
             )
+        for name in ("crop_padding", "mixup", "cutmix"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InvalidInputError(f"{name} must be >= 0 (0: off); got {getattr(self, name)}")
 
 
 def train_transform(

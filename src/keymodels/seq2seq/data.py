@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import logging
 import random
+import sys
 import urllib.error
 import urllib.request
 import zlib
@@ -39,31 +40,51 @@ class DataError(KeymodelsError):
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (plain or ``.gz``), without line endings.
+    """The lines of a UTF-8 text file (plain or ``.gz``; ``-``: standard input), without line
+    endings or a leading UTF-8 byte-order mark.
 
     Raises:
-        DataError: the file is missing or not UTF-8 (the message gives the line number).
+        DataError: the file is missing, a folder, UTF-16 or otherwise not UTF-8 (the message gives
+            the line number).
     """
+    if str(path) == "-":
+        return _decode_lines(sys.stdin.buffer, "standard input")
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a text file with one sentence per line")
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    lines = []
+    lines: list[str] = []
     try:
         with opener(path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                try:
-                    lines.append(raw.decode("utf-8").rstrip("\r\n"))
-                except UnicodeDecodeError as e:
-                    raise DataError(
-                        f"{path} line {n} is not valid UTF-8 ({e.reason} at byte {e.start}); "
-                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                    ) from e
+            return _decode_lines(f, str(path), lines)
     except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
         raise DataError(
             f"{path}: cannot read it after line {len(lines)} ({e}); the gzip file is truncated or "
             "corrupt, download it again"
         ) from e
+
+
+def _decode_lines(f, name: str, lines: list[str] | None = None) -> list[str]:
+    """Decode the lines of the binary file ``f`` (named ``name`` in errors) into ``lines``."""
+    lines = [] if lines is None else lines
+    for n, raw in enumerate(f, start=1):
+        utf16_bom = n == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+        if utf16_bom or b"\x00" in raw:
+            why = "starts with a UTF-16 byte-order mark" if utf16_bom else "holds NUL bytes"
+            raise DataError(
+                f"{name} line {n} is not UTF-8: it {why}, so the file is likely UTF-16 (or "
+                "binary); convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8)"
+            )
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{name} line {n} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from e
+        lines.append(line.removeprefix("\ufeff") if n == 1 else line)
     return lines
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from ..plotting import plot_alignment, plot_lines
+from ..runs import LoadedRun, load_seq2seq
 from .data import TranslationDataset, collate, make_synthetic, synthetic_target
 from .model import Seq2Seq
-from .train import LoadedRun, TrainConfig, evaluate, load_run, load_task, sequence_loss, train
+from .train import TrainConfig, evaluate, load_task, sequence_loss, train
 from .vocab import Vocabulary
 
 
@@ -117,7 +118,7 @@ def length_experiment(
         train_size=train_size,
         val_size=500,
         min_len=lo,
-        len_max=hi,
+        synthetic_max_len=hi,
         num_symbols=num_symbols,
         seed=seed,
         batch_size=64,
@@ -140,7 +141,7 @@ def length_experiment(
             on_epoch=None if on_epoch is None else (lambda row, label=label: on_epoch(label, row)),
             **kw,
         )
-        runs[label] = load_run(out / label / "last.safetensors")
+        runs[label] = load_seq2seq(out / label / "last.safetensors")
     result: dict[str, Any] = {"task": task, "train_lengths": [lo, hi], "epochs": epochs}
     for label, run in runs.items():
         torch.manual_seed(seed)
@@ -205,7 +206,7 @@ def multi30k_report(
     ``bleu_vs_length.png`` and attention heatmaps of a few test sentences."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {"plain": load_run(plain_dir), "attention": load_run(attention_dir)}
+    runs = {"plain": load_seq2seq(plain_dir), "attention": load_seq2seq(attention_dir)}
     result = {k: bleu_by_length(run, "test", beam, data_dir, alpha) for k, run in runs.items()}
     plot_lines(
         {

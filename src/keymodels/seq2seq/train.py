@@ -1,19 +1,17 @@
-"""Training and evaluation of a Seq2Seq model: epochs, checkpoints, resume, loss, accuracy, BLEU.
+"""The seq2seq training engine: epochs, checkpoints, resume, loss; and evaluation (accuracy, BLEU).
 
-A run directory holds ``last.safetensors`` (after every epoch), ``best.safetensors`` (best on
+A run folder holds ``last.safetensors`` (after every epoch), ``best.safetensors`` (best on
 validation), ``metrics.csv`` and ``config.json``; everything a checkpoint needs to rebuild the
-model (config, vocabularies) is in its metadata.
+model (config, vocabularies) is in its metadata. The folder's lifecycle is ``keymodels.run.Run``'s;
+loading a trained run is ``keymodels.runs.load_seq2seq``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,117 +19,31 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    resolve_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from ..checkpoint import Checkpoint, check_compatible, save_checkpoint
 from ..errors import InvalidInputError
-from ..metrics import MetricsLogger
 from ..registry import get_config
-from ..rundir import claim_run_folder
-from ..runguard import (
-    GracefulStop,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    crash_point,
-    remove_stale_temp_files,
-)
+from ..run import Run, lr_factor
+from ..runguard import NonFiniteGuard, crash_point
+from ..runs import check_vocabularies
 from ..runtime import (
     PrecisionChoice,
     autocast,
     check_precision,
     choice_key,
     choose_inference_precision,
-    choose_training_precision,
 )
-from .data import (
-    SYNTHETIC_TASKS,
-    TASKS,
-    Pair,
-    TranslationDataset,
-    collate,
-    load_multi30k,
-    make_loader,
-    make_synthetic,
-)
+from .config import KIND, SCHEDULES, TrainConfig
+from .data import Pair, TranslationDataset, collate, load_multi30k, make_loader, make_synthetic
 from .model import Seq2Seq, Seq2SeqConfig
 from .search import Hypothesis, beam_search, greedy_search
 from .vocab import Vocabulary, detokenize
 
 log = logging.getLogger(__name__)
 
-KIND = "keymodels.seq2seq"
-SCHEDULES = ("plateau", "cosine")
+__all__ = ["KIND", "SCHEDULES", "TrainConfig", "evaluate", "train"]
 
-
-@dataclass
-class TrainConfig:
-    """How to train; saved with every checkpoint so ``--resume`` and ``eval`` rebuild the same data."""
-
-    task: str = "reverse"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    # "plateau": halve lr when the validation score stops rising; "cosine": anneal it per step to
-    # zero over ``epochs``, the better use of a fixed budget (Li et al. 2020, budgeted training).
-    schedule: str = "plateau"
-    clip: float = 1.0
-    teacher_forcing: float = 1.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    max_len: int = 50  # longest training sentence kept (tokens)
-    too_long: str = "truncate"  # or "drop" / "error" for training pairs over max_len
-    num_workers: int = 0
-    max_minutes: float | None = None  # stop after the epoch that would overrun this budget
-    on_nonfinite: str = "stop"  # a NaN/inf loss: "stop" (keep the last checkpoint) or "skip"
-    # synthetic tasks
-    train_size: int = 20000
-    val_size: int = 1000
-    min_len: int = 3
-    len_max: int = 12  # longest synthetic sequence
-    num_symbols: int = 20
-    # translation
-    data_dir: str = "../shared/data/multi30k"
-    src_lang: str = "de"
-    tgt_lang: str = "en"
-    min_freq: int = 2
-    max_vocab: int | None = None
-    lowercase: bool = False
-    val_beam: int = 1  # greedy on validation during training; beam at eval time
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise InvalidInputError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
-        if not 0.0 <= self.teacher_forcing <= 1.0:
-            raise InvalidInputError(
-                f"teacher_forcing must be in [0, 1]; got {self.teacher_forcing}"
-            )
-        NonFiniteGuard(self.on_nonfinite)  # validates the policy
-        if self.schedule not in SCHEDULES:
-            raise InvalidInputError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "max_len"):
-            if getattr(self, name) < 1:
-                raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
-
-    @property
-    def synthetic(self) -> bool:
-        return self.task in SYNTHETIC_TASKS
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config of :meth:`to_dict`; an unknown key is an error, not silently dropped."""
-        from ..errors import reject_unknown_fields
-
-        reject_unknown_fields("train config", d, (f.name for f in dataclasses.fields(cls)))
-        return cls(**d)
+NONFINITE_HINT = "Lower --lr or keep --clip on, then --resume, or pass --on-nonfinite skip"
+MISMATCH_HINT = "Resume with the model and task it was trained with, or use a new --out folder"
 
 
 # ---------------------------------------------------------------------------- data
@@ -142,7 +54,7 @@ def load_task(tc: TrainConfig, split: str) -> list[Pair]:
     if tc.synthetic:
         n = tc.train_size if split == "train" else tc.val_size
         seed = tc.seed * 10 + {"train": 1, "val": 2, "test": 3}[split]
-        return make_synthetic(tc.task, n, tc.min_len, tc.len_max, tc.num_symbols, seed)
+        return make_synthetic(tc.task, n, tc.min_len, tc.synthetic_max_len, tc.num_symbols, seed)
     return load_multi30k(tc.data_dir, split, tc.src_lang, tc.tgt_lang, tc.lowercase)
 
 
@@ -156,14 +68,15 @@ def build_vocabs(tc: TrainConfig, train: Sequence[Pair]) -> tuple[Vocabulary, Vo
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def save_run_checkpoint(
-    path: Path,
+def run_checkpoint(
     model: Seq2Seq,
     src_vocab: Vocabulary,
     tgt_vocab: Vocabulary,
     tc: TrainConfig,
     state: dict[str, Any],
-) -> Path:
+) -> Checkpoint:
+    """The checkpoint of a seq2seq run: weights, ``state``, and in its meta all that rebuilds the
+    model (config, vocabularies, train config)."""
     meta = {
         "kind": KIND,
         "config": model.config.to_dict(),
@@ -172,70 +85,19 @@ def save_run_checkpoint(
         "tgt_vocab": tgt_vocab.to_dict(),
         "epoch": state.get("epoch"),
     }
-    return save_checkpoint(path, Checkpoint(model=model.state_dict(), state=state, meta=meta))
+    return Checkpoint(model=model.state_dict(), state=state, meta=meta)
 
 
-@dataclass
-class LoadedRun:
-    model: Seq2Seq
-    src_vocab: Vocabulary
-    tgt_vocab: Vocabulary
-    train_config: TrainConfig
-    checkpoint: Checkpoint
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """Rebuild model and vocabularies from a checkpoint (file or run directory), in eval mode."""
-    ckpt = load_checkpoint(resolve_checkpoint(path, "keymodels seq2seq train"))
-    if ckpt.meta.get("kind") != KIND:
-        what = (
-            "a ViT classifier's (use keymodels eval/predict)"
-            if "class_names" in ckpt.meta
-            else "another model's"
-        )
-        raise CheckpointError(
-            f"{path} is not a seq2seq model's checkpoint but {what}; pass the folder or checkpoint "
-            "of a `keymodels seq2seq train` run"
-        )
-    config = Seq2SeqConfig.from_dict(ckpt.meta["config"])
-    model = Seq2Seq(config)
-    src_vocab = Vocabulary.from_dict(ckpt.meta["src_vocab"])
-    tgt_vocab = Vocabulary.from_dict(ckpt.meta["tgt_vocab"])
-    check_compatible(model, ckpt.model, src_vocab, tgt_vocab, str(path))
-    model.load_state_dict(ckpt.model)
-    return LoadedRun(
-        model.eval(), src_vocab, tgt_vocab, TrainConfig.from_dict(ckpt.meta["train_config"]), ckpt
-    )
-
-
-def check_compatible(
+def save_run_checkpoint(
+    path: Path,
     model: Seq2Seq,
-    weights: dict[str, torch.Tensor],
     src_vocab: Vocabulary,
     tgt_vocab: Vocabulary,
-    where: str,
-) -> None:
-    """Raise a CheckpointError naming the first difference between weights and model/vocabularies."""
-    for side, vocab, size in (
-        ("source", src_vocab, model.config.src_vocab_size),
-        ("target", tgt_vocab, model.config.tgt_vocab_size),
-    ):
-        if len(vocab) != size:
-            raise CheckpointError(
-                f"{where}: the {side} vocabulary has {len(vocab)} tokens but the model expects {size}"
-            )
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: architecture mismatch: missing weights {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for k, v in own.items():
-        if v.shape != weights[k].shape:
-            raise CheckpointError(
-                f"{where}: architecture mismatch at {k}: checkpoint {tuple(weights[k].shape)}, "
-                f"model {tuple(v.shape)}"
-            )
+    tc: TrainConfig,
+    state: dict[str, Any],
+) -> Path:
+    """Write :func:`run_checkpoint` atomically to ``path``."""
+    return save_checkpoint(path, run_checkpoint(model, src_vocab, tgt_vocab, tc, state))
 
 
 # ---------------------------------------------------------------------------- training
@@ -283,36 +145,21 @@ def train(
             in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
         NonFiniteLossError: the loss became NaN or infinite (``tc.on_nonfinite="stop"``).
     """
-    with claim_run_folder(out, "seq2seq", resume=resume, force=force), GracefulStop() as stop:
-        return _train(
-            model_name, tc, Path(out), resume, progress, on_epoch, stop, precision, model_overrides
-        )
+    with Run(out, "seq2seq", resume=resume, force=force, budget_minutes=tc.max_minutes) as run:
+        return _train(model_name, tc, run, progress, on_epoch, precision, model_overrides)
 
 
 def _train(
     model_name: str,
     tc: TrainConfig,
-    out: Path,
-    resume: bool,
+    run: Run,
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
-    stop: GracefulStop,
     precision: str,
     model_overrides: dict[str, Any],
 ) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
-    start = time.perf_counter()
-    ckpt = None
-    if resume:
-        last = out / "last.safetensors"
-        if not last.is_file():
-            raise CheckpointError(
-                f"nothing to resume: {last} does not exist (train without --resume)"
-            )
-        ckpt = load_checkpoint(last)
-        if ckpt.meta.get("kind") != KIND:
-            raise CheckpointError(f"{last} is not a seq2seq checkpoint; cannot resume from it")
+    ckpt = run.resume(lambda c: c.meta.get("kind") == KIND)
+    if ckpt is not None:
         # The data and model come from the checkpoint; only how long to go on may change.
         stored = TrainConfig.from_dict(ckpt.meta["train_config"])
         tc = dataclasses.replace(
@@ -320,6 +167,8 @@ def _train(
         )  # a cosine schedule stretches to the new number of epochs
     guard = NonFiniteGuard(tc.on_nonfinite)
     torch.manual_seed(tc.seed)
+
+    # Data and model: vocabularies built from the training pairs, or the resumed run's.
     train_pairs, val_pairs = load_task(tc, "train"), load_task(tc, "val")
     if ckpt is not None:
         src_vocab = Vocabulary.from_dict(ckpt.meta["src_vocab"])
@@ -327,42 +176,37 @@ def _train(
         config = Seq2SeqConfig.from_dict(ckpt.meta["config"])
     else:
         src_vocab, tgt_vocab = build_vocabs(tc, train_pairs)
-        config = get_config(
-            model_name,
-            **{
-                "src_vocab_size": len(src_vocab),
-                "tgt_vocab_size": len(tgt_vocab),
-                **model_overrides,
-            },
-        )
+        sizes = {"src_vocab_size": len(src_vocab), "tgt_vocab_size": len(tgt_vocab)}
+        config = get_config(model_name, **{**sizes, **model_overrides})
         config = dataclasses.replace(config, max_len=max(config.max_len, tc.max_len))
     model = Seq2Seq(config)
     train_set = TranslationDataset(train_pairs, src_vocab, tgt_vocab, tc.max_len, tc.too_long)
     val_set = TranslationDataset(val_pairs, src_vocab, tgt_vocab, tc.max_len, "truncate")
     loader = make_loader(train_set, tc.batch_size, True, tc.seed, tc.num_workers)
+
+    # Optimizer and schedule: per-step cosine to zero, or halving on a validation plateau.
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     total_steps = tc.epochs * len(loader)
     scheduler: Any = (
-        torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
-        )
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, 0, total_steps, 0.0))
         if tc.schedule == "cosine"
         else torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=1
         )
     )
     history: list[dict[str, Any]] = []
-    first_epoch, best = 1, -math.inf
-    partial: dict[str, Any] | None = None  # an epoch a stop interrupted, to be finished first
     if ckpt is not None:
-        check_compatible(model, ckpt.model, src_vocab, tgt_vocab, str(out / "last.safetensors"))
+        where = str(run.last_path)
+        check_vocabularies(model, src_vocab, tgt_vocab, where)
+        check_compatible(model, ckpt.model, where, MISMATCH_HINT)
         model.load_state_dict(ckpt.model)
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])
-        set_rng_state(ckpt.state["rng"])
-        first_epoch, best = ckpt.state["epoch"] + 1, ckpt.state["best"]
+        run.restore_rng()
         history = ckpt.state["history"]
-        partial = ckpt.state.get("partial")
+        # elapsed_s and the --max-minutes budget count the training time before a resume too
+        run.credit(history[-1]["elapsed_s"] if history else 0.0)
+
     timing_batch = collate([train_set[i] for i in range(min(tc.batch_size, len(train_set)))])
 
     def timing_loss() -> torch.Tensor:  # one step on the first training sentences
@@ -370,48 +214,32 @@ def _train(
         logits, _ = model(timing_batch["src"], timing_batch["src_lengths"], tgt[:, :-1])
         return sequence_loss(logits.float(), tgt[:, 1:], tc.label_smoothing)
 
-    previous = ckpt.state.get("precision") if ckpt is not None else None
-    choice = choose_training_precision(precision, model, timing_loss, "cpu", previous)
-    (out / "precision.json").write_text(json.dumps(choice.to_dict(), indent=2))
-    (out / "config.json").write_text(
-        json.dumps({"model": config.to_dict(), "train": tc.to_dict()}, indent=2)
-    )
-    logger = MetricsLogger(out)
-    # elapsed_s and the --max-minutes budget count the training time before a resume too
-    start -= history[-1]["elapsed_s"] if history else 0.0
+    choice = run.choose_precision(precision, model, timing_loss, "cpu")
+    run.write_json("config.json", {"model": config.to_dict(), "train": tc.to_dict()})
 
-    def save(path: Path, epoch: int, **extra: Any) -> None:
-        state = {
-            "epoch": epoch,
-            "best": best,
-            "history": history,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "precision": choice.to_dict(),
-            **extra,
-        }
-        save_run_checkpoint(path, model, src_vocab, tgt_vocab, tc, state)
+    def checkpoint(epochs: int, **extra: Any) -> Checkpoint:
+        """Everything resume needs after ``epochs`` whole epochs (and ``partial``, if given)."""
+        state = run.state(
+            epochs, history=history, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), **extra,
+        )  # fmt: skip
+        return run_checkpoint(model, src_vocab, tgt_vocab, tc, state)
 
-    for epoch in range(first_epoch, tc.epochs + 1):
-        t0 = time.perf_counter()
+    for epoch in range(run.epoch + 1, tc.epochs + 1):
+        t0 = run.clock()
         sums = {"total": 0.0, "tokens": 0, "batches": 0, "nonfinite": 0, "time": 0.0}
-        if partial:
-            sums.update({k: partial[k] for k in sums})
+        if run.partial:  # finish the epoch a stop interrupted: its running sums, its time
+            sums.update({k: run.partial[k] for k in sums})
             t0 -= sums["time"]
-            start -= sums["time"]
+            run.credit(sums["time"])
+            run.partial = None
         # The batch order depends only on (seed, epoch): an interrupted epoch goes on where it was.
         loader.batch_sampler.set_epoch(epoch, start=sums["batches"])
-        partial = None
         model.train()
         bar = tqdm(
-            loader,
-            desc=f"epoch {epoch}/{tc.epochs}",
-            disable=not progress,
-            leave=False,
-            initial=sums["batches"],
-            total=len(loader),
-        )
+            loader, desc=f"epoch {epoch}/{tc.epochs}", disable=not progress, leave=False,
+            initial=sums["batches"], total=len(loader),
+        )  # fmt: skip
         for batch in bar:
             sums["batches"] += 1
             tgt = batch["tgt"]
@@ -425,16 +253,7 @@ def _train(
             if guard.should_skip(loss_value, where):
                 sums["nonfinite"] += 1
             elif not math.isfinite(loss_value):
-                kept = (out / "last.safetensors").is_file()
-                raise NonFiniteLossError(
-                    f"loss became {loss_value} at {where}; training stopped, "
-                    + (
-                        f"the last good checkpoint {out / 'last.safetensors'} is kept"
-                        if kept
-                        else "no checkpoint had been written yet"
-                    )
-                    + ". Lower --lr or keep --clip on, then --resume, or pass --on-nonfinite skip"
-                )
+                raise run.nonfinite(f"loss became {loss_value} at {where}", NONFINITE_HINT)
             else:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -448,15 +267,16 @@ def _train(
                 sums["tokens"] += n
                 crash_point("train_step")
             bar.set_postfix(loss=f"{sums['total'] / max(sums['tokens'], 1):.3f}")
-            if stop.requested:
+            if run.stop.requested:
                 break
         bar.close()
-        if stop.requested:
+        if run.stop.requested:
             # SIGINT/SIGTERM: the step is done; save the epoch so far, to be finished on resume.
-            sums["time"] = time.perf_counter() - t0
-            last = out / "last.safetensors"
-            save(last, epoch - 1, partial={**sums, "rng": rng_state()})
-            raise stop.interrupted(last, f"batch {sums['batches']}/{len(loader)} of epoch {epoch}")
+            sums["time"] = run.clock() - t0
+            run.save(checkpoint(epoch - 1, partial=sums), where=f"epoch {epoch}")
+            raise run.interrupted(f"batch {sums['batches']}/{len(loader)} of epoch {epoch}")
+
+        # Validation: sequence accuracy (synthetic tasks) or BLEU picks the best checkpoint.
         with autocast(choice.precision):
             metrics = evaluate(
                 model, val_set, tgt_vocab, tc.synthetic, beam=tc.val_beam, by_length=False
@@ -464,6 +284,7 @@ def _train(
         score = metrics["accuracy"] if tc.synthetic else metrics["bleu"]
         if tc.schedule == "plateau":
             scheduler.step(score)
+        run.epoch = epoch
         row = {
             "epoch": epoch,
             "train_loss": sums["total"] / max(sums["tokens"], 1),
@@ -473,28 +294,21 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "nonfinite_steps": sums["nonfinite"],
             "precision": choice.precision,
-            "epoch_s": time.perf_counter() - t0,
-            "elapsed_s": time.perf_counter() - start,
+            "epoch_s": run.clock() - t0,
+            "elapsed_s": run.elapsed(),
         }
         history.append(row)
-        logger.log(epoch, **{k: v for k, v in row.items() if k != "epoch"})
+        run.log(epoch, row)
         log.info("epoch %d: %s", epoch, row)
-        is_best = score > best
-        best = max(best, score)
-        save(out / "last.safetensors", epoch)
-        if is_best:
-            save(out / "best.safetensors", epoch)
+        best = run.improved(score)
+        run.save(checkpoint(epoch), best=best, where=f"epoch {epoch}")
         if on_epoch is not None:
             on_epoch(row)
-        if tc.max_minutes is not None and epoch < tc.epochs:
-            now = time.perf_counter()
-            if now - start + (now - t0) > tc.max_minutes * 60:  # the next epoch would overrun
-                log.info(
-                    "stopping after epoch %d: the next would exceed %s min", epoch, tc.max_minutes
-                )
-                break
-    logger.close()
-    return {"history": history, "best": best, "out": str(out)}
+        if epoch < tc.epochs and run.over_budget(next_epoch_s=run.clock() - t0):
+            log.info("stopping after epoch %d: the next would exceed %s min", epoch, tc.max_minutes)
+            break
+    best = run.best if run.best is not None else -math.inf  # -inf: no epoch was trained
+    return {"history": history, "best": best, "out": str(run.out)}
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -6,6 +6,8 @@ The CLI's ``keymodels translate`` is a thin layer over :func:`translate`.
 from __future__ import annotations
 
 import logging
+import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +16,11 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from ..runs import LoadedRun
 from ..runtime import autocast, check_precision
 from .data import pad_batch
 from .search import Hypothesis, beam_search, greedy_search
-from .train import LoadedRun, choose_decode_precision
+from .train import choose_decode_precision
 from .vocab import Vocabulary, detokenize, tokenize
 
 log = logging.getLogger(__name__)
@@ -42,18 +45,51 @@ class Translation:
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # n-best after the first
 
 
+# Invisible characters that may stay in a sentence: zero-width (non-)joiners shape scripts and emoji.
+_ALLOWED_FORMAT_CHARS = {"\u200c", "\u200d"}
+
+
+def check_sentence_text(sentence: str) -> str:
+    """``sentence`` without a leading byte-order mark, refusing what would silently become <unk>.
+
+    Raises:
+        InvalidInputError: the sentence holds bytes that are not UTF-8 (``os.fsdecode`` of a
+            Latin-1 command-line argument gives lone surrogates), or control / invisible format
+            characters (NUL, U+202E RIGHT-TO-LEFT OVERRIDE …).
+    """
+    sentence = sentence.removeprefix("\ufeff")
+    for i, ch in enumerate(sentence, start=1):
+        if "\udc80" <= ch <= "\udcff":
+            raise InvalidInputError(
+                f"the sentence is not valid UTF-8: byte 0x{ord(ch) - 0xDC00:02x} at character {i} "
+                "(Latin-1 or another encoding?); give UTF-8 text (set a UTF-8 locale or convert "
+                "it, e.g. with iconv -f latin1 -t utf-8)"
+            )
+        category = unicodedata.category(ch)
+        if (category == "Cc" and not ch.isspace()) or (
+            category in ("Cf", "Cs") and ch not in _ALLOWED_FORMAT_CHARS
+        ):
+            name = unicodedata.name(ch, "a control character")
+            raise InvalidInputError(
+                f"the sentence holds U+{ord(ch):04X} ({name}) at character {i}, an invisible "
+                "control or format character the model cannot read; remove it"
+            )
+    return sentence
+
+
 def prepare_source(
     sentence: str, vocab: Vocabulary, max_len: int, too_long: str = "error"
 ) -> tuple[list[str], bool]:
     """Tokens of ``sentence`` and whether they were truncated to ``max_len``.
 
     Raises:
-        InvalidInputError: the sentence is empty or whitespace only, or longer than ``max_len``
-            tokens with ``too_long="error"``.
+        InvalidInputError: the sentence is empty or whitespace only, holds control characters or
+            bytes that are not UTF-8 (see :func:`check_sentence_text`), or is longer than
+            ``max_len`` tokens with ``too_long="error"``.
     """
     if too_long not in ("error", "truncate"):
         raise InvalidInputError(f"too_long must be 'error' or 'truncate'; got {too_long!r}")
-    tokens = tokenize(sentence, vocab.lowercase)
+    tokens = tokenize(check_sentence_text(sentence), vocab.lowercase)
     if not tokens:
         raise InvalidInputError(
             f"cannot translate an empty or whitespace-only sentence ({sentence!r}); give some words"
@@ -88,6 +124,10 @@ def translate(
     :func:`~keymodels.seq2seq.train.choose_decode_precision`).
     """
     check_precision(precision)
+    if not math.isfinite(alpha):
+        raise InvalidInputError(
+            f"alpha, the length penalty exponent, must be a finite number (e.g. 0.6); got {alpha}"
+        )
     model, src_vocab, tgt_vocab = run.model.eval(), run.src_vocab, run.tgt_vocab
     prepared = [prepare_source(s, src_vocab, model.config.max_len, too_long) for s in sentences]
     results: list[Translation] = []

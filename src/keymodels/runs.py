@@ -1,0 +1,233 @@
+"""Trained runs, for using them: load a run folder or checkpoint of either engine, predict top-k.
+
+What the command line, the converters, ``explain`` and a web server need, without importing
+training (``keymodels.train``, ``keymodels.seq2seq.train``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    check_compatible,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from .data import preprocess_images
+from .errors import InvalidInputError
+from .layers import to_2tuple
+from .runtime import optimize
+from .seq2seq.config import KIND as SEQ2SEQ_KIND
+from .seq2seq.config import TrainConfig
+from .seq2seq.model import Seq2Seq, Seq2SeqConfig
+from .seq2seq.vocab import Vocabulary
+from .vit import VisionTransformer, ViTConfig
+
+__all__ = ["LoadedRun", "evaluate", "load", "load_seq2seq", "load_vit", "predict"]
+
+VIT_HINT = "Load it with the recipe and model it was trained with"
+
+
+@dataclass
+class LoadedRun:
+    """A trained seq2seq model with its vocabularies, train config and checkpoint."""
+
+    model: Seq2Seq
+    src_vocab: Vocabulary
+    tgt_vocab: Vocabulary
+    train_config: TrainConfig
+    checkpoint: Checkpoint
+
+
+def load_vit(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Load a ViT trained by ``keymodels train``, in eval mode, with what is needed to use it.
+
+    Args:
+        path: a run folder (its best checkpoint, else last) or a checkpoint file.
+
+    Returns:
+        ``(model, info)``; ``info`` has ``class_names``, ``config`` (a ViTConfig dict), the eval
+        preprocessing ``mean``, ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``,
+        ``epoch``, ``test_acc`` (accuracy on the test split when it was saved), ``data_dir``,
+        ``checkpoint``.
+
+    Raises:
+        CheckpointError: no such run, or not a trained classifier's checkpoint.
+        CheckpointMismatchError: its weights do not fit the config it records.
+    """
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    meta = ckpt.meta
+    if "config" not in meta or "class_names" not in meta:
+        raise CheckpointError(
+            f"{ckpt_path} is a keymodels checkpoint but not of a trained classifier"
+        )
+    config = ViTConfig.from_dict(meta["config"])
+    model = VisionTransformer(config)
+    check_compatible(model, ckpt.model, str(ckpt_path))
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    info = {
+        "class_names": list(meta["class_names"]),
+        "config": config.to_dict(),
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "img_size": list(to_2tuple(config.img_size)),
+        "in_chans": config.in_chans,
+        "recipe": meta.get("recipe", {}),
+        "epoch": meta.get("epoch"),
+        "test_acc": meta.get("test_acc", meta.get("val_acc")),  # "val_acc": runs before 0.2
+        "data_dir": meta.get("data_dir"),
+        "checkpoint": str(ckpt_path),
+    }
+    return model, info
+
+
+def load_seq2seq(path: str | os.PathLike) -> LoadedRun:
+    """Rebuild a seq2seq model and its vocabularies from a checkpoint (file or run folder), in
+    eval mode.
+
+    Raises:
+        CheckpointError: no such run, or another model's checkpoint.
+        CheckpointMismatchError: the weights or vocabularies do not fit the recorded config.
+    """
+    ckpt = load_checkpoint(resolve_checkpoint(path, "keymodels seq2seq train"))
+    if ckpt.meta.get("kind") != SEQ2SEQ_KIND:
+        what = (
+            "a ViT classifier's (use keymodels eval/predict)"
+            if "class_names" in ckpt.meta
+            else "another model's"
+        )
+        raise CheckpointError(
+            f"{path} is not a seq2seq model's checkpoint but {what}; pass the folder or checkpoint "
+            "of a `keymodels seq2seq train` run"
+        )
+    model = Seq2Seq(Seq2SeqConfig.from_dict(ckpt.meta["config"]))
+    src_vocab = Vocabulary.from_dict(ckpt.meta["src_vocab"])
+    tgt_vocab = Vocabulary.from_dict(ckpt.meta["tgt_vocab"])
+    check_vocabularies(model, src_vocab, tgt_vocab, str(path))
+    check_compatible(model, ckpt.model, str(path))
+    model.load_state_dict(ckpt.model)
+    train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
+    return LoadedRun(model.eval(), src_vocab, tgt_vocab, train_config, ckpt)
+
+
+def check_vocabularies(
+    model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, source: str
+) -> None:
+    """Raise :class:`CheckpointMismatchError` when a vocabulary's size is not the model's."""
+    for side, vocab, size in (
+        ("source", src_vocab, model.config.src_vocab_size),
+        ("target", tgt_vocab, model.config.tgt_vocab_size),
+    ):
+        if len(vocab) != size:
+            raise CheckpointMismatchError(
+                f"{source}: the {side} vocabulary has {len(vocab)} tokens but the model expects "
+                f"{size}"
+            )
+
+
+def load(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]] | LoadedRun:
+    """Load the run of either engine: :func:`load_seq2seq`'s LoadedRun for a seq2seq run, else
+    :func:`load_vit`'s ``(model, info)``."""
+    from .rundir import checkpoint_meta
+
+    meta = checkpoint_meta(resolve_checkpoint(path)) or {}
+    return load_seq2seq(path) if meta.get("kind") == SEQ2SEQ_KIND else load_vit(path)
+
+
+def predict(
+    run: str | os.PathLike | tuple[VisionTransformer, dict[str, Any]],
+    images: list[str | Path],
+    top_k: int = 3,
+    precision: str = "auto",
+    compile: str = "auto",
+) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file.
+
+    Args:
+        run: a ViT run folder or checkpoint, or the ``(model, info)`` of :func:`load_vit` (a
+            server loads once and predicts many times).
+        images: image files of any size and mode, preprocessed as in evaluation.
+        top_k: how many classes per image (fewer if the model has fewer).
+        precision, compile: the inference fast path (see :func:`keymodels.runtime.optimize`).
+
+    Returns:
+        One ``{"image": path, "top": [{"class": name, "prob": p}, ...]}`` per image.
+
+    Raises:
+        InvalidInputError: the model's outputs are NaN or infinite (broken weights).
+    """
+    model, info = run if isinstance(run, tuple) else load_vit(run)
+    x = preprocess_images(images, info)
+    fast = optimize(model, precision, compile, x, expected_items=len(x))
+    with torch.inference_mode():
+        probs = fast(x).softmax(-1)
+    check_finite_outputs(probs, info["checkpoint"])
+    top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return [
+        {
+            "image": str(path),
+            "top": [
+                {"class": info["class_names"][int(i)], "prob": float(p)}
+                for p, i in zip(top.values[n], top.indices[n])
+            ],
+        }
+        for n, path in enumerate(images)
+    ]
+
+
+def check_finite_outputs(probs: torch.Tensor, checkpoint: str) -> None:
+    """Refuse NaN or infinite model outputs, which would print as "nan%" predictions."""
+    bad = int((~torch.isfinite(probs)).any(-1).sum())
+    if bad:
+        raise InvalidInputError(
+            f"the model in {checkpoint} gives NaN or infinite outputs for {bad} of {len(probs)} "
+            "image(s): its weights are broken (a diverged run or a damaged file); use an earlier "
+            "checkpoint or train again"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """A ViT classifier on ``loader``'s batches of ``(images, labels, skipped)``: loss, accuracy,
+    per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n, skipped = 0.0, 0, 0
+    for images, labels, n_skipped in loader:
+        skipped += n_skipped
+        if not len(labels):
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        pred = logits.argmax(1)
+        confusion += torch.bincount(
+            (labels * num_classes + pred).cpu(), minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
+        n += len(labels)
+    model.train(was_training)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1).float()
+    return {
+        "loss": loss_sum / max(n, 1),
+        "acc": float(confusion.diag().sum()) / max(n, 1),
+        "per_class_acc": per_class.tolist(),
+        "confusion": confusion.tolist(),
+        "n": n,
+        "skipped": skipped,
+    }
