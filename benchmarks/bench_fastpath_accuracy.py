@@ -20,8 +20,8 @@ import torch
 
 from keymodels.data import collate_skip, eval_transform, load_dataset
 from keymodels.explain import explain
+from keymodels.runs import load_vit as load_trained
 from keymodels.runtime import autocast, compile_model
-from keymodels.train import load_trained
 
 
 def test_batches(run: str, data_dir: str | None, batch_size: int):
@@ -33,7 +33,9 @@ def test_batches(run: str, data_dir: str | None, batch_size: int):
     )  # fmt: skip
     resize = list(splits.test.images.shape[-2:]) != info["img_size"]
     splits.test.transform = eval_transform(info["img_size"], info["mean"], info["std"], resize)
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=batch_size, collate_fn=collate_skip)
+    loader = torch.utils.data.DataLoader(
+        splits.test, batch_size=batch_size, collate_fn=collate_skip
+    )
     batches = [(x, y) for x, y, _ in loader]
     return model, batches
 

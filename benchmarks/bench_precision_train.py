@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help="run only the jobs whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rounds, steps = (1, 3) if args.quick else (args.rounds, args.steps)
@@ -91,6 +92,7 @@ def main() -> None:
             "vit_small_patch16_224", 32, num_classes=10
         ),
     }
+    jobs = {k: v for k, v in jobs.items() if not args.only or args.only in k}
     print(f"# {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
     print(f"{'job':<44} {'fp32 steps/s':>12} {'bf16 steps/s':>12} {'bf16/fp32':>9} {'auto':>5}")

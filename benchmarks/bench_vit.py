@@ -12,7 +12,7 @@ explicit attention path (forward_attention, which also returns the weights) over
 
 ``--paths`` times, in one process and interleaved: timm fp32 (the reference), timm under bf16
 autocast, keymodels fp32, keymodels bf16 autocast, keymodels compiled (inductor, freezing) with
-bf16 autocast, and keymodels int8 (dynamic quantization of the Linear layers); it also measures
+bf16 autocast, keymodels with bf16 weights, and keymodels int8 (dynamic quantization of the Linear layers); it also measures
 the fp32 and bf16 matmul peak of this machine in the same run, the % of that peak each path
 reaches, and the compile time of a fresh process with a cold and with a warm compile cache.
 """
@@ -20,6 +20,7 @@ reaches, and the compile time of a fresh process with a cold and with a warm com
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -134,7 +135,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, min_seconds: float = 1.0) -> 
 
 def int8_dynamic(model: torch.nn.Module) -> torch.nn.Module:
     """Linear layers with int8 weights and dynamically quantized activations (fbgemm, VNNI)."""
-    import copy
     import warnings
 
     with warnings.catch_warnings():
@@ -181,8 +181,10 @@ def paths_table(
         ours, ref = build_pair(name)
         flops = 2 * ours.config.macs()
         quantized = int8_dynamic(ours)
+        ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)  # no per-call weight casts
         for batch in batches:
             x = torch.randn(batch, 3, 224, 224)
+            x_bf16 = x.bfloat16()
             compiled = compile_model(ours)
             with torch.inference_mode():
                 with autocast("bf16"):
@@ -198,6 +200,7 @@ def paths_table(
                     "keymodels fp32": (lambda m=ours, x=x: m(x), "fp32"),
                     "keymodels bf16 autocast": (lambda m=ours: bf16(m), "bf16"),
                     "keymodels compiled+bf16": (lambda m=compiled: bf16(m), "bf16"),
+                    "keymodels bf16 weights": (lambda m=ours_bf16, x=x_bf16: m(x), "bf16"),
                     "keymodels int8 dynamic": (lambda m=quantized, x=x: m(x), "bf16"),
                 }
                 result = interleaved({k: v[0] for k, v in paths.items()}, rounds, min_seconds)

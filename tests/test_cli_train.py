@@ -148,3 +148,19 @@ def test_top_k_has_one_default_shown_in_help(capsys: pytest.CaptureFixture[str])
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "(default: 3)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_augmentation_field_has_a_flag() -> None:
+    import dataclasses
+
+    from keymodels.cli import build_parser
+    from keymodels.cli.train import AUGMENT_FLAGS, recipe_from_args
+    from keymodels.data.transforms import Augment
+
+    assert set(AUGMENT_FLAGS) == {f.name for f in dataclasses.fields(Augment)}
+    args = build_parser().parse_args(
+        ["train", "--recipe", "imagefolder", "--out", "x", "--random-resized-crop", "0"]
+    )
+    augment = recipe_from_args(args).augment
+    assert augment.random_resized_crop == 0.0  # the recipe's 0.35 turned off...
+    assert augment.hflip and augment.auto_augment == "trivial"  # ...and nothing else changed

@@ -24,7 +24,7 @@ from keymodels import convert, create_model
 from keymodels.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from keymodels.cli import main
 from keymodels.convert import ConversionError, from_keymodels, load, save, to_keymodels
-from keymodels.convert._common import write_dir
+from keymodels.pretrained import write_dir
 
 ATOL = 1e-4
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)

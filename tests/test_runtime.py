@@ -58,10 +58,15 @@ def test_auto_picks_the_faster_and_records_the_timings(seconds, expected):
     assert choice.precision == expected and choice.requested == "auto"
     assert choice.timings == seconds and sorted(measured) == ["bf16", "fp32"]
     assert choice.hardware["name"] == "test cpu"
-    other = "fp32" if expected == "bf16" else "bf16"
-    ratio = seconds[other] / seconds[expected]
-    assert f"{ratio:.2f}×" in choice.reason and expected in choice.summary()
+    assert f"{seconds['fp32'] / seconds['bf16']:.2f}×" in choice.reason
+    assert choice.summary().startswith(f"precision {expected} (auto: ")
     assert PrecisionChoice.from_dict(json.loads(json.dumps(choice.to_dict()))) == choice
+
+
+def test_bf16_must_win_clearly_to_be_chosen():
+    step_for, measure, _ = fake_timings({"fp32": 0.105, "bf16": 0.1})  # 1.05×: within noise
+    choice = choose_precision("auto", step_for, measure=measure, hw=WITH_BF16)
+    assert choice.precision == "fp32" and "needs ≥ 1.1×" in choice.reason
 
 
 def test_explicit_precisions_are_taken_without_timing():
@@ -164,7 +169,10 @@ def test_training_timing_leaves_no_trace():
     kept = choose_training_precision("auto", model, loss_fn, previous={**choice.to_dict(),
                                                                        "precision": "bf16"})  # fmt: skip
     assert kept.precision == "bf16" and "kept from the run's start" in kept.reason
-    assert choose_training_precision("fp32", model, loss_fn, previous=kept.to_dict()).precision == "fp32"
+    assert (
+        choose_training_precision("fp32", model, loss_fn, previous=kept.to_dict()).precision
+        == "fp32"
+    )
 
 
 def test_auto_inference_choice_is_cached_between_processes(monkeypatch):
@@ -219,6 +227,22 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     assert "torch.compile failed (no C++ compiler found); running eagerly" in caplog.text
     with torch.inference_mode():
         assert torch.equal(fast(x), model(x))
+
+
+def test_training_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(model):
+        def fail(*args):
+            raise RuntimeError("InductorError: no C++ compiler\ntraceback ...")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = create_model("vit_digits_patch2_8")
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(10, (4,))
+    with caplog.at_level(logging.WARNING, logger="keymodels.runtime"):
+        net = runtime.compile_or_eager(model, lambda m: nn.functional.cross_entropy(m(x), y))
+    assert net is model and all(p.grad is None for p in model.parameters())
+    assert "torch.compile failed (InductorError: no C++ compiler); training eagerly" in caplog.text
 
 
 def test_auto_compiles_only_when_the_work_repays_it(monkeypatch):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,17 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .convert import ConversionError, load
-from .convert._common import build, read_weights, write_dir, write_weights
+from .convert import load_dir
 from .errors import InvalidInputError, KeymodelsError
 from .layers import to_2tuple
-from .vit import VisionTransformer, ViTConfig
+from .pretrained import CONFIG_NAME, MODEL_TYPE, WEIGHTS_NAME, save_pretrained  # noqa: F401
+from .vit import VisionTransformer
 
 log = logging.getLogger(__name__)
-
-MODEL_TYPE = "keymodels_vit"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class HubError(KeymodelsError):
@@ -40,46 +35,6 @@ class LoadInfo:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     head_reinitialized: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-def save_pretrained(
-    model: VisionTransformer,
-    directory: str | os.PathLike,
-    class_names: list[str] | None = None,
-    preprocessing: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``config.json`` (config, class names, preprocessing) and ``model.safetensors``.
-
-    Args:
-        model: the model to save.
-        directory: created if missing; files are written under temporary names and renamed.
-        class_names: one name per output class, in order.
-        preprocessing: how inputs were prepared, e.g. ``{"mean": [...], "std": [...]}``;
-            ``input_size`` [C, H, W] is always recorded.
-    """
-    from . import __version__  # here: the package imports this module while it initialises
-
-    c = model.config
-    if class_names is not None and len(class_names) != c.num_classes:
-        raise InvalidInputError(
-            f"{len(class_names)} class names given for a model with {c.num_classes} classes"
-        )
-    h, w = to_2tuple(c.img_size)
-    config = {
-        "model_type": MODEL_TYPE,
-        "keymodels_version": __version__,
-        "config": c.to_dict(),
-        "class_names": list(class_names) if class_names is not None else None,
-        "preprocessing": {"input_size": [c.in_chans, h, w], **(preprocessing or {})},
-    }
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    return write_dir(
-        directory,
-        {
-            WEIGHTS_NAME: lambda p: write_weights(p, state, {"format": "pt"}),
-            CONFIG_NAME: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
-        },
-    )
 
 
 def _is_repo_id(name: str) -> bool:
@@ -144,42 +99,11 @@ def load_pretrained(
 ) -> tuple[VisionTransformer, LoadInfo]:
     """:func:`from_pretrained`, also returning what else the directory holds (:class:`LoadInfo`)."""
     directory = resolve(dir_or_repo_id, revision, cache_dir)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise InvalidInputError(
-            f"{directory} has no {CONFIG_NAME}; is it a save_pretrained directory?"
-        )
-    try:
-        meta = json.loads(config_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{config_path} is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise InvalidInputError(
-            f"{config_path} holds a JSON {type(meta).__name__}, not the object of a model config"
-        )
-    info = LoadInfo(source=str(dir_or_repo_id))
-    if meta.get("model_type") == MODEL_TYPE:
-        if not isinstance(meta.get("config"), dict):
-            raise InvalidInputError(f"{config_path} has no 'config' object with the ViT fields")
-        config = ViTConfig.from_dict(meta["config"])
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ConversionError(f"{directory} has no {WEIGHTS_NAME}")
-        model = build(config, read_weights(weights), "keymodels")
-        info.class_names = meta.get("class_names")
-        info.preprocessing = meta.get("preprocessing") or {}
-    elif meta.get("model_type") == "vit":  # a transformers directory
-        model, report = load(directory, "hf")
-        info.class_names, info.notes = report.class_names, report.notes
-    elif "architecture" in meta:  # a timm Hub directory
-        model, report = load(directory, "timm", model=meta["architecture"])
-        info.notes = report.notes
-        info.preprocessing = meta.get("pretrained_cfg") or {}
-    else:
-        raise InvalidInputError(
-            f"{config_path} is neither a keymodels, transformers ViT nor timm config "
-            f"(model_type {meta.get('model_type')!r})"
-        )
+    model, report = load_dir(directory)  # keymodels, transformers ViT or timm Hub folders
+    info = LoadInfo(
+        source=str(dir_or_repo_id), class_names=report.class_names,
+        preprocessing=report.preprocessing, notes=report.notes,
+    )  # fmt: skip
     if num_classes is not None and num_classes != model.num_classes:
         message = (
             f"head re-initialised: the checkpoint has {model.num_classes} classes, "

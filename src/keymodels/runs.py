@@ -27,6 +27,7 @@ from .checkpoint import (
 from .data import preprocess_images
 from .errors import InvalidInputError
 from .layers import to_2tuple
+from .rundir import checkpoint_meta
 from .runtime import optimize
 from .seq2seq.config import KIND as SEQ2SEQ_KIND
 from .seq2seq.config import TrainConfig
@@ -141,8 +142,6 @@ def check_vocabularies(
 def load(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]] | LoadedRun:
     """Load the run of either engine: :func:`load_seq2seq`'s LoadedRun for a seq2seq run, else
     :func:`load_vit`'s ``(model, info)``."""
-    from .rundir import checkpoint_meta
-
     meta = checkpoint_meta(resolve_checkpoint(path)) or {}
     return load_seq2seq(path) if meta.get("kind") == SEQ2SEQ_KIND else load_vit(path)
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
+BF16_MIN_SPEEDUP = 1.1  # "auto" takes bf16 only when it is at least this much faster
 # CPU flags (Linux /proc/cpuinfo) that give bf16 arithmetic its own units: without them torch
 # emulates bf16 through fp32 conversions, which can be far slower than fp32 itself.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -198,9 +199,13 @@ def choose_precision(
     if requested == "bf16":
         return PrecisionChoice("bf16", requested, "as requested", hardware=hw_dict)
     timings = {p: measure(step_for(p)) for p in ("fp32", "bf16")}
-    best = min(timings, key=timings.__getitem__)
-    other = "bf16" if best == "fp32" else "fp32"
-    reason = f"fastest measured, {timings[other] / max(timings[best], 1e-12):.2f}× {other}'s speed"
+    speedup = timings["fp32"] / max(timings["bf16"], 1e-12)
+    # bf16 gives up precision, so it has to win clearly: a tie within timing noise keeps fp32.
+    best = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    if best == "bf16":
+        reason = f"bf16 measured {speedup:.2f}× faster"
+    else:
+        reason = f"bf16 measured {speedup:.2f}× fp32's speed (needs ≥ {BF16_MIN_SPEEDUP}×)"
     return PrecisionChoice(best, requested, reason, timings, hw_dict)
 
 
@@ -261,6 +266,20 @@ def choose_training_precision(
             choice = choose_precision(requested, training_step_for(model, loss_fn, device), device)
     _announce(choice)
     return choice
+
+
+def compile_or_eager(model: nn.Module, trial_loss: Callable[[nn.Module], Tensor]) -> nn.Module:
+    """``torch.compile(model)`` for training, tried on one step (``trial_loss(compiled)``, then
+    backward) that leaves no trace; if compiling fails (no C++ compiler, an op inductor cannot
+    lower), one warning and the eager model."""
+    compiled = torch.compile(model)
+    try:
+        with no_trace(model):
+            trial_loss(compiled).backward()
+    except Exception as e:
+        log.warning("torch.compile failed (%s); training eagerly", str(e).splitlines()[0][:200])
+        return model
+    return compiled
 
 
 # ---------------------------------------------------------------------------- inference

@@ -58,6 +58,7 @@ from .registry import get_config
 from .run import Run, TrainingError, lr_factor
 from .runguard import GracefulStop, NonFiniteGuard, NonFiniteLossError, crash_point
 from .runs import evaluate
+from .runtime import compile_or_eager
 from .vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -346,12 +347,10 @@ def train(
     Raises:
         TrainingInterrupted: SIGINT or SIGTERM arrived; the step was finished and the state
             saved in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
+        NonFiniteLossError: the loss became NaN or infinite (``on_nonfinite="stop"``).
+        CheckpointMismatchError: ``resume`` with a recipe whose model is not the run's.
+        TrainingError: nothing to resume, a checkpoint that could not be written, bad data.
     """
-    out = Path(out)
-    guard = NonFiniteGuard(on_nonfinite)
-    dist_info: DistInfo = init_distributed(device)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     guard = NonFiniteGuard(on_nonfinite)
     dist_info: DistInfo = init_distributed(device)
@@ -449,10 +448,10 @@ def _train(
             where = f", batch {run.partial['batches']}" if run.partial else ""
             log.info("resumed from %s after epoch %d%s", run.last_path, run.epoch, where)
 
-    def timing_loss() -> Tensor:  # one step on a random batch of the training shape
+    def timing_loss(net: nn.Module = model) -> Tensor:  # a step on a random training-shape batch
         images = torch.randn(recipe.batch_size, config.in_chans, *img_size, device=dev)
         labels = torch.randint(config.num_classes, (recipe.batch_size,), device=dev)
-        return F.cross_entropy(model(images).float(), labels)
+        return F.cross_entropy(net(images).float(), labels)
 
     choice = run.choose_precision(precision, model, timing_loss, dev, dist_info.enabled)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice.precision]
@@ -465,8 +464,10 @@ def _train(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    if compile:
-        train_model = torch.compile(train_model)
+    if compile and dist_info.enabled:
+        train_model = torch.compile(train_model)  # a trial step would need every rank at once
+    elif compile:
+        train_model = compile_or_eager(train_model, timing_loss)
     mix = batch_mix(recipe.augment, config.num_classes)
     test_loader = _loader(splits.test, recipe.eval_batch_size, recipe, None, False, dev)
     eval_model = ema.module if ema is not None else model

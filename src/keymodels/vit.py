@@ -17,6 +17,7 @@ from torch.nn.init import trunc_normal_
 from .attention import MultiHeadAttention
 from .errors import InvalidInputError, reject_unknown_fields
 from .layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple
+from .pretrained import save_pretrained
 from .registry import register_model
 
 POOLS = ("token", "avg", "")
@@ -321,9 +322,7 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
-        """Write config.json + model.safetensors (see ``keymodels.hub.save_pretrained``)."""
-        from .hub import save_pretrained  # hub imports this module
-
+        """Write config.json + model.safetensors (see ``keymodels.pretrained.save_pretrained``)."""
         return save_pretrained(self, directory, **kwargs)
 
 

@@ -43,7 +43,8 @@ RECIPE_FLAGS = {
     "label_smoothing": "label_smoothing", "clip_grad": "clip_grad", "ema": "ema",
     "workers": "workers", "seed": "seed", "img_size": "img_size", "val_fraction": "val_fraction",
 }  # fmt: skip
-AUGMENT_FLAGS = ("crop_padding", "hflip", "auto_augment", "random_erasing", "mixup", "cutmix")
+AUGMENT_FLAGS = ("crop_padding", "random_resized_crop", "hflip", "auto_augment", "random_erasing",
+                 "mixup", "cutmix")  # fmt: skip
 
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
@@ -246,7 +247,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                       ("label-smoothing", float), ("clip-grad", float), ("ema", float),
                       ("workers", int), ("seed", int), ("img-size", int), ("val-fraction", float),
                       ("drop-path", float), ("crop-padding", int), ("random-erasing", float),
-                      ("mixup", float), ("cutmix", float)]:  # fmt: skip
+                      ("random-resized-crop", float), ("mixup", float), ("cutmix", float)]:  # fmt: skip
         g.add_argument(f"--{flag}", type=typ)
     g.add_argument("--auto-augment", choices=["", "trivial", "randaugment"])
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)

@@ -16,8 +16,16 @@ from torch import Tensor
 
 from ..errors import InvalidInputError, unknown_name
 from ..layers import to_2tuple
+from ..pretrained import (
+    CONFIG_NAME,
+    MODEL_TYPE,
+    WEIGHTS_NAME,
+    save_pretrained,
+    write_dir,
+    write_weights,
+)
 from ..rundir import check_writable_output
-from ..vit import VisionTransformer
+from ..vit import VisionTransformer, ViTConfig
 from . import hf, jax, timm, torchvision
 from ._common import (
     ConversionError,
@@ -25,8 +33,6 @@ from ._common import (
     build,
     is_training_checkpoint,
     read_weights,
-    write_dir,
-    write_weights,
 )
 
 FORMATS = ("keymodels", "timm", "hf", "torchvision", "jax")
@@ -42,9 +48,12 @@ __all__ = [
     "FORMATS",
     "ConversionError",
     "ConversionReport",
+    "build",
     "convert",
     "from_keymodels",
     "load",
+    "load_dir",
+    "read_weights",
     "save",
     "to_keymodels",
 ]
@@ -166,12 +175,10 @@ def load(
             report.config = vit.config.to_dict()
         return vit, report
     if fmt == "keymodels" and src.is_dir():
-        from ..hub import load_pretrained  # the hub module reads other formats through this one
-
-        vit, info = load_pretrained(src, img_size=img_size)
-        report = ConversionReport("keymodels", "keymodels", len(vit.state_dict()), notes=info.notes)
-        report.config, report.class_names = vit.config.to_dict(), info.class_names
-        report.preprocessing = info.preprocessing
+        vit, report = load_dir(src)
+        if img_size is not None and to_2tuple(img_size) != to_2tuple(vit.config.img_size):
+            vit.set_input_size(img_size)
+        report.config = vit.config.to_dict()
         return vit, report
     hf_config = None
     if src.is_dir():
@@ -209,6 +216,52 @@ def load(
     return vit, report
 
 
+def load_dir(directory: str | os.PathLike) -> tuple[VisionTransformer, ConversionReport]:
+    """A model folder with a ``config.json`` -> a keymodels model (eval mode) and a report.
+
+    The folder is a keymodels one (:func:`keymodels.pretrained.save_pretrained`), a transformers
+    ViT's or a timm Hub one; the report carries its class names and preprocessing where it
+    records them.
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise InvalidInputError(
+            f"{directory} has no {CONFIG_NAME}; is it a save_pretrained directory?"
+        )
+    try:
+        meta = json.loads(config_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"{config_path} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise InvalidInputError(
+            f"{config_path} holds a JSON {type(meta).__name__}, not the object of a model config"
+        )
+    if meta.get("model_type") == MODEL_TYPE:
+        if not isinstance(meta.get("config"), dict):
+            raise InvalidInputError(f"{config_path} has no 'config' object with the ViT fields")
+        config = ViTConfig.from_dict(meta["config"])
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ConversionError(f"{directory} has no {WEIGHTS_NAME}")
+        vit = build(config, read_weights(weights), "keymodels")
+        report = ConversionReport("keymodels", "keymodels", len(vit.state_dict()))
+        report.class_names = meta.get("class_names")
+        report.preprocessing = meta.get("preprocessing") or {}
+    elif meta.get("model_type") == "vit":  # a transformers directory
+        vit, report = load(directory, "hf")
+    elif "architecture" in meta:  # a timm Hub directory
+        vit, report = load(directory, "timm", model=meta["architecture"])
+        report.preprocessing = meta.get("pretrained_cfg") or {}
+    else:
+        raise InvalidInputError(
+            f"{config_path} is neither a keymodels, transformers ViT nor timm config "
+            f"(model_type {meta.get('model_type')!r})"
+        )
+    report.config = vit.config.to_dict()
+    return vit.eval(), report
+
+
 def save(
     model: VisionTransformer,
     dst: str | os.PathLike,
@@ -226,8 +279,6 @@ def save(
     dst = Path(dst)
     n = len(model.state_dict())
     if fmt == "keymodels":
-        from ..hub import save_pretrained
-
         save_pretrained(model, dst, class_names=class_names, preprocessing=preprocessing)
     elif fmt == "hf":
         state, hf_config = hf.from_keymodels(model, class_names)

@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
-from ..checkpoint import atomic_write, load_torch_file, temp_beside
+from ..checkpoint import load_torch_file
 from ..errors import InvalidInputError, KeymodelsError, unknown_name
 from ..registry import get_config, list_models
 from ..vit import VisionTransformer, ViTConfig
@@ -209,10 +207,6 @@ def build(config: ViTConfig, state: dict[str, Tensor], fmt: str) -> VisionTransf
     return model.eval()
 
 
-def as_float(t: Tensor) -> Tensor:
-    return t.detach().cpu().contiguous()
-
-
 def is_training_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a checkpoint written by ``keymodels.checkpoint`` (``keymodels train``)."""
     if not (path.is_file() and path.suffix == ".safetensors"):
@@ -256,44 +250,3 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConversionError(f"{path} does not hold a flat dict of tensors (a state dict)")
     return state
-
-
-def write_weights(
-    path: str | os.PathLike, state: dict[str, Tensor], metadata: dict | None = None
-) -> Path:
-    """Atomically write ``state`` as ``.safetensors`` (or ``.pt``/``.pth`` by ``torch.save``)."""
-    path = Path(path)
-    state = {k: as_float(v) for k, v in state.items()}
-    if path.suffix == ".safetensors":
-        return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    if path.suffix in (".pt", ".pth", ".bin"):
-        return atomic_write(path, lambda tmp: torch.save(state, tmp))
-    raise InvalidInputError(
-        f"cannot write weights to {path}: use a .safetensors (recommended) or .pth file name"
-    )
-
-
-def write_dir(directory: str | os.PathLike, files: dict[str, Callable[[Path], Any]]) -> Path:
-    """Write ``files`` (name -> ``write(path)``) into ``directory`` with nothing half-written.
-
-    A new directory is filled under a temporary name and renamed into place; into an existing
-    one, each file is written to a temporary name and renamed over the old one.
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InvalidInputError(f"{directory} exists and is not a directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(directory, directory=True)  # the usual permissions, unlike mkdtemp's
-    try:
-        for name, write in files.items():
-            write(tmp / name)
-        if directory.exists():
-            for name in files:
-                os.replace(tmp / name, directory / name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory

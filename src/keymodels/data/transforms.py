@@ -125,7 +125,7 @@ def preprocess_images(
 
     Exactly the evaluation preprocessing: decoded safely (EXIF, CMYK, palette, 16-bit, alpha),
     converted to ``info["in_chans"]`` channels, resized + center-cropped to ``info["img_size"]``,
-    normalized with ``info["mean"]``/``info["std"]`` (as returned by ``keymodels.train.load_trained``).
+    normalized with ``info["mean"]``/``info["std"]`` (as returned by ``keymodels.runs.load_vit``).
     """
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]

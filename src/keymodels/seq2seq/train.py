@@ -144,6 +144,8 @@ def train(
         TrainingInterrupted: SIGINT or SIGTERM arrived; the step was finished and the state saved
             in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
         NonFiniteLossError: the loss became NaN or infinite (``tc.on_nonfinite="stop"``).
+        CheckpointMismatchError: the resumed checkpoint does not fit the model it records.
+        TrainingError: nothing to resume, or a checkpoint that could not be written.
     """
     with Run(out, "seq2seq", resume=resume, force=force, budget_minutes=tc.max_minutes) as run:
         return _train(model_name, tc, run, progress, on_epoch, precision, model_overrides)
