@@ -81,6 +81,15 @@ CASES = [
     ("translate a sentence with U+202E", ["translate", "{s2s_run}", "1 \u202e2"], "U+202E (RIGHT-TO-LEFT OVERRIDE) at character 3"),
     ("translate a sentence with a NUL", ["translate", "{s2s_run}", "1 \x002"], "U+0000 (a control character) at character 3"),
     ("translate a Latin-1 argument", ["translate", "{s2s_run}", "1 \udce9 2"], "the sentence is not valid UTF-8: byte 0xe9 at character 3"),
+    ("seq2seq: --device cuda", ["seq2seq", "train", "--task", "copy", "--device", "cuda", "--out", "{tmp}/s"], "the seq2seq engine runs on the CPU; --device cuda is not supported yet"),
+    ("predict --on-error skip with no readable image", ["predict", "{vit_run}", "{garbage}", "{tmp}/nope.png", "--on-error", "skip"], "none of the 2 image file(s) could be read; the first: "),
+    # the run lifecycle: numbers checked up front, resume that would do nothing or change the recipe
+    ("infinite learning rate", ["train", "--recipe", "digits", "--lr", "inf", "--out", "{tmp}/r"], "lr must be a finite number > 0; got inf"),
+    ("seq2seq: NaN learning rate", ["seq2seq", "train", "--task", "copy", "--lr", "nan", "--out", "{tmp}/s"], "lr must be a finite number > 0; got nan"),
+    ("--resume with no epochs left", ["train", "--recipe", "digits", "--epochs", "1", "--resume", "--out", "{vit_run}"], "has already trained 1 epoch(s), so --epochs 1 (epochs=1) leaves nothing to train"),
+    ("seq2seq: --resume with no epochs left", ["seq2seq", "train", "--task", "copy", "--epochs", "1", "--resume", "--out", "{s2s_run}"], "has already trained 1 epoch(s), so --epochs 1 (epochs=1) leaves nothing to train"),
+    ("--resume with another learning rate", ["train", "--recipe", "digits", "--lr", "0.5", "--resume", "--out", "{vit_run}"], "with a changed recipe (lr: the run has 0.003, given 0.5)"),
+    ("seq2seq: --resume with another learning rate", ["seq2seq", "train", "--task", "copy", "--epochs", "2", "--lr", "0.5", "--resume", "--out", "{s2s_run}"], "with a changed training config (lr: the run has 0.001, given 0.5)"),
 ]  # fmt: skip
 
 
@@ -110,7 +119,7 @@ def _make_inputs(tmp: Path) -> dict[str, str]:
         for out, attention in [(s2s_run, "concat"), (s2s_plain, "none")]:
             assert main(["seq2seq", "train", "--task", "copy", "--attention", attention,
                          "--model", f"seq2seq_tiny_{'plain' if attention == 'none' else 'attn'}",
-                         "--epochs", "1", "--train-size", "64", "--max-length", "5",
+                         "--epochs", "1", "--train-size", "64", "--synthetic-max-length", "5",
                          "--max-len", "12", "--out", str(out), *quiet]) == 0  # fmt: skip
     _make_model_inputs(tmp, vit_run)
     (tmp / "utf16.txt").write_bytes("1 2\n".encode("utf-16"))

@@ -65,6 +65,32 @@ def test_predict_any_image(
     assert rows[0]["top"] == rows[1]["top"]  # opaque RGBA == the grey image
 
 
+def test_predict_on_error_fails_by_default_and_skip_leaves_bad_files_out(
+    run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = tmp_path / "digit.png"
+    Image.fromarray(load_dataset("digits").test.images[0, 0].numpy(), "L").save(good)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    images = [str(bad), str(good), str(tmp_path / "missing.png")]
+    assert main(["predict", str(run_dir), *images, "--on-error", "fail"]) == 2
+    assert "broken.png: cannot decode image" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), *images, "--on-error", "skip", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [row["image"] for row in rows] == [str(good)]
+    skipped = [
+        r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()
+    ]
+    assert len(skipped) == 2 and "broken.png" in skipped[0] and "missing.png" in skipped[1]
+    # Every file unreadable: one error naming the first, not an empty answer.
+    assert main(["predict", str(run_dir), str(bad), "--on-error", "skip"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 image file(s) could be read; the first: " in err and "broken.png" in err
+
+
 def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--recipe", "cifar", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -109,7 +135,7 @@ def test_save_pretrained_folders_work_with_every_command(
     image = tmp_path / "digit.png"
     Image.fromarray(load_dataset("digits").test.images[0, 0].numpy(), "L").save(image)
     capsys.readouterr()
-    FP32 = ["--compile", "off"]
+    FP32 = ["--compile", "off", "--threads", "1"]  # one thread count: the same float sums
     outputs = []
     for model in (run_dir, folder, folder / "model.safetensors"):
         assert (
@@ -164,3 +190,20 @@ def test_every_augmentation_field_has_a_flag() -> None:
     augment = recipe_from_args(args).augment
     assert augment.random_resized_crop == 0.0  # the recipe's 0.35 turned off...
     assert augment.hflip and augment.auto_augment == "trivial"  # ...and nothing else changed
+
+
+def test_resume_needs_no_flag_repeated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    first = ["train", "--recipe", "digits", "--out", str(out), "--epochs", "1",
+             "--batch-size", "64", "--lr", "0.005", "--crop-padding", "0", "--no-progress",
+             "--precision", "fp32"]  # fmt: skip
+    assert main(first) == 0
+    # The run's own recipe (lr 0.005, batch 64, no crop) holds: only --epochs changes.
+    again = ["train", "--recipe", "digits", "--out", str(out), "--resume", "--epochs", "2",
+             "--no-progress", "--precision", "fp32"]  # fmt: skip
+    assert main(again) == 0, capsys.readouterr().err
+    recipe = json.loads((out / "recipe.json").read_text())["recipe"]
+    assert (recipe["lr"], recipe["batch_size"], recipe["epochs"]) == (0.005, 64, 2)
+    # A flag that changes the stored recipe is still refused.
+    assert main([*again[:-3], "--epochs", "3", "--lr", "0.5", "--no-progress"]) == 2
+    assert "lr" in capsys.readouterr().err

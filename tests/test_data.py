@@ -427,3 +427,51 @@ def test_recipe_refuses_img_size_0_and_negative_mixup() -> None:
         get_recipe("digits", img_size=0)
     with pytest.raises(InvalidInputError, match="mixup must be >= 0"):
         get_recipe("digits", augment={"mixup": -1.0})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": float("inf")}, "lr must be a finite number > 0; got inf"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0; got nan"),
+        ({"lr": -0.1}, "lr must be a finite number > 0; got -0.1"),
+        ({"min_lr": float("nan")}, "min_lr must be a finite number >= 0; got nan"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0; got inf"),
+        ({"clip_grad": -1.0}, "clip_grad must be a finite number >= 0; got -1.0"),
+        ({"ema": 1.0}, r"ema must be a finite number in \[0, 1\); got 1.0"),
+        ({"val_fraction": 0.0}, r"val_fraction must be a finite number in \(0, 1\); got 0.0"),
+    ],
+)
+def test_recipe_refuses_non_finite_and_out_of_range_numbers(overrides, message) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        get_recipe("digits", **overrides)
+
+
+def test_unreadable_files_are_warned_once_each_with_a_stable_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _tree(tmp_path, {"a": 4, "b": 4})
+    for bad in ("a/garbage.png", "b/empty.png"):
+        (tmp_path / bad).write_bytes(b"not an image" if "garbage" in bad else b"")
+    splits = load_dataset("imagefolder", tmp_path, val_fraction=0.1)
+    ds = splits.train
+    ds.samples += splits.test.samples  # both bad files in one data set
+    ds.transform = eval_transform(8, [0.5] * 3, [0.25] * 3, resize=True)
+    with caplog.at_level("WARNING", logger="keymodels.data.datasets"):
+        for _ in range(3):  # three epochs read every file
+            assert sum(ds[i] is None for i in range(len(ds))) == 2
+    warned = sorted(r.getMessage() for r in caplog.records)
+    assert len(warned) == 2, warned
+    assert "empty.png" in warned[0] + warned[1] and "garbage.png" in warned[0] + warned[1]
+    assert ds.unreadable_files == 2
+
+    # Loader workers (new processes every epoch) share what they found: still 2 files.
+    fresh = load_dataset("imagefolder", tmp_path, val_fraction=0.1).train
+    fresh.samples += splits.test.samples
+    fresh.transform = ds.transform
+    loader = torch.utils.data.DataLoader(
+        fresh, batch_size=4, num_workers=2, collate_fn=collate_skip
+    )
+    for _ in range(2):
+        assert sum(skipped for _, _, skipped in loader) == 2
+    assert fresh.unreadable_files == 2

@@ -370,6 +370,23 @@ def test_save_alignment_draws_greedy_and_beam_weights(tmp_path):
         ex.save_alignment(source, target[:3], weights[:3], path)
 
 
+def test_cjk_and_emoji_titles_draw_without_warnings(tmp_path, recwarn):
+    """Titles come from file names and sentences: a font with the glyphs where one is installed,
+    and without one no "Glyph … missing from font" warning per character."""
+    grid = ex.save_explanations(
+        torch.rand(1, 3, 8, 8), torch.rand(1, 2, 2), tmp_path / "grid.png",
+        titles=["猫の写真 😀.png"], overlay_titles=["注意 🔥"], suptitle="설명",
+    )  # fmt: skip
+    alignment = ex.save_alignment(
+        ["猫", "が", "走る", "🐈"], ["a", "cat", "runs"], np.full((3, 4), 0.25),
+        tmp_path / "alignment.png", title="猫が走る 🐈",
+    )  # fmt: skip
+    for path in (grid, alignment):
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+    assert [str(w.message) for w in recwarn] == []
+
+
 # -- a trained model looks where the class is ----------------------------------------------------
 
 QUADRANT = (slice(8, 16), slice(0, 8))  # bottom-left 8×8 of a 16×16 image: patches [2:, :2]

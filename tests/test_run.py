@@ -163,3 +163,28 @@ def test_cosine_without_warmup_anneals_to_zero() -> None:
     assert lr_factor(0, 0, 10, 0.0) == 1.0 and lr_factor(10, 0, 10, 0.0) == 0.0
     assert lr_factor(5, 0, 10, 0.0) == pytest.approx(0.5)
     assert lr_factor(3, 0, 10, 0.0) == 0.5 * (1 + math.cos(math.pi * 0.3))  # bit for bit
+
+
+def test_epoch_line_is_one_format_for_both_engines() -> None:
+    from keymodels.run import epoch_line
+    from keymodels.seq2seq.train import epoch_row_line
+
+    assert epoch_line(
+        3, 10, train_loss=1.2345, split="val", loss=1.111, metric="BLEU", score=30.12,
+        lr=1e-3, seconds=12.34,
+    ) == "epoch 3/10: train loss 1.2345, val loss 1.1110, val BLEU 30.12, lr 0.001, 12.3 s"  # fmt: skip
+    assert epoch_line(
+        1, 2, train_loss=0.5, split="test", loss=0.25, metric="acc", score=97.5, lr=2e-3,
+        seconds=1.0, extra="560 img/s",
+    ) == "epoch 1/2: train loss 0.5000, test loss 0.2500, test acc 97.50%, lr 0.002, 1.0 s, 560 img/s"  # fmt: skip
+    row = {
+        "epoch": 2,
+        "train_loss": 0.5,
+        "val_loss": 0.25,
+        "val_acc": 90.0,
+        "lr": 1e-3,
+        "epoch_s": 2.0,
+    }
+    assert epoch_row_line(row, 4) == (
+        "epoch 2/4: train loss 0.5000, val loss 0.2500, val acc 90.00%, lr 0.001, 2.0 s"
+    )

@@ -39,7 +39,8 @@ def test_graceful_stop_turns_a_signal_into_a_flag_and_restores_handlers(sig):
     assert isinstance(err, TrainingInterrupted) and err.signum == sig
     assert str(err) == (
         f"{signal.Signals(sig).name} received: training stopped after step 7; its state is saved "
-        "in run/last.safetensors. Run the same command with --resume to continue exactly from there"
+        "in run/last.safetensors. Run the same command with --resume (resume=True) to continue "
+        "exactly from there"
     )
 
 

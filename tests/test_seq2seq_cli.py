@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from keymodels.cli import main
+from keymodels.cli import build_parser, main
 
 TINY = [
     "--task",
@@ -42,7 +43,8 @@ def test_train_prints_epochs_and_resume_extends(run_dir, capsys):
     args = ["seq2seq", "train", *TINY, "--epochs", "2", "--train-size", "300", "--resume"]
     assert main([*args, "--out", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "epoch=2" in out and "epoch=1 " not in out and "best validation accuracy" in out
+    assert "epoch 2/2: train loss " in out and "epoch 1/" not in out
+    assert "best validation accuracy" in out
 
 
 def test_eval_json_and_table(run_dir, capsys):
@@ -172,3 +174,65 @@ def test_eval_with_missing_data_suggests_data_dir(run_dir, monkeypatch, capsys):
     assert main(["seq2seq", "eval", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "not found in" in err and f"keymodels seq2seq eval {run_dir} --data-dir DIR" in err
+
+
+def _parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_flags_have_one_name_per_idea_and_old_spellings_still_parse(capsys):
+    """--clip-grad as in `keymodels train`; --synthetic-*-length apart from --max-len (the longest
+    training sentence); --clip, --min-length and --max-length still parse, but --help hides them."""
+    train = ("seq2seq", "train", "--out", "run")
+    defaults = _parse(*train)
+    assert (defaults.clip, defaults.min_length, defaults.max_length) == (1.0, 3, 12)
+    assert _parse(*train, "--clip-grad", "0.5").clip == 0.5
+    assert _parse(*train, "--clip", "0.25").clip == 0.25
+    args = _parse(*train, "--synthetic-min-length", "2", "--synthetic-max-length", "7",
+                  "--max-len", "30")  # fmt: skip
+    assert (args.min_length, args.max_length, args.max_len) == (2, 7, 30)
+    args = _parse(*train, "--min-length", "4", "--max-length", "9")
+    assert (args.min_length, args.max_length) == (4, 9)
+    experiment = ("seq2seq", "experiment", "--out", "exp")
+    assert (_parse(*experiment).min_length, _parse(*experiment).max_length) == (2, 20)
+    args = _parse(*experiment, "--synthetic-max-length", "8", "--min-length", "3")
+    assert (args.min_length, args.max_length) == (3, 8)
+    shown = {}
+    for command in ("train", "experiment"):
+        with pytest.raises(SystemExit):
+            main(["seq2seq", command, "--help"])
+        shown[command] = capsys.readouterr().out
+        assert "--synthetic-min-length" in shown[command]
+        assert "--synthetic-max-length" in shown[command]
+        assert "--min-length" not in shown[command] and "--max-length" not in shown[command]
+    assert "--clip-grad" in shown["train"] and not re.search(r"--clip(?!-grad)", shown["train"])
+
+
+def test_train_device_is_cpu_and_cuda_is_refused_plainly(capsys):
+    assert _parse("seq2seq", "train", "--out", "run").device == "cpu"
+    assert _parse("seq2seq", "train", "--device", "cpu", "--out", "run").device == "cpu"
+    with pytest.raises(SystemExit) as exit_:
+        main(["seq2seq", "train", "--device", "cuda", "--out", "run"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "the seq2seq engine runs on the CPU; --device cuda is not supported yet" in err
+
+
+def test_train_json_and_max_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["seq2seq", "train", *TINY, "--model", "seq2seq_tiny_attn", "--epochs", "3"]
+    args += ["--train-size", "100", "--max-steps", "2", "--json", "--out", str(out)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout: one JSON object, nothing else
+    assert summary["steps"] == 2 and summary["epochs"] == 1 and summary["metric"] == "accuracy"
+    assert summary["out"] == str(out) and len(summary["history"]) == 1
+    # the epoch line goes to stderr, in the ViT engine's format
+    assert re.search(
+        r"^epoch 1/3: train loss [\d.]+, val loss [\d.]+, val acc [\d.]+%, lr \S+, [\d.]+ s$",
+        captured.err,
+        re.MULTILINE,
+    ), captured.err
+    # --resume keeps the flags left out (--train-size, --max-len) as the run stored them
+    assert main(["seq2seq", "train", *TINY, "--epochs", "2", "--resume", "--out", str(out)]) == 0
+    assert "epoch 2/2: train loss " in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -105,6 +106,53 @@ def test_time_budget_counts_the_time_before_a_resume(tmp_path, monkeypatch):
     # a run resumed from epoch 2 stops where the uninterrupted one did: the hour is one hour
     assert [r["epoch"] for r in resumed["history"]] == [r["epoch"] for r in full]
     assert resumed["history"][-1]["elapsed_s"] == full[-1]["elapsed_s"]
+
+
+def test_resume_refuses_no_more_epochs_and_a_changed_config(tmp_path):
+    torch.set_num_threads(1)
+    tc = TrainConfig(epochs=1, train_size=64, **{**COPY, "val_size": 16})
+    train("seq2seq_tiny_attn", tc, tmp_path, progress=False)
+    with pytest.raises(
+        TrainingError, match=r"has already trained 1 epoch\(s\), so --epochs 1 \(epochs=1\)"
+    ):
+        train("seq2seq_tiny_attn", tc, tmp_path, resume=True, progress=False)
+    changed = dataclasses.replace(tc, epochs=2, lr=0.5)
+    with pytest.raises(
+        TrainingError, match=r"changed training config \(lr: the run has 0\.005, given 0\.5\)"
+    ):
+        train("seq2seq_tiny_attn", changed, tmp_path, resume=True, progress=False)
+    # How long to go on and what a NaN loss does may change; the config records what is used.
+    longer = dataclasses.replace(tc, epochs=2, max_minutes=60.0, on_nonfinite="skip")
+    summary = train("seq2seq_tiny_attn", longer, tmp_path, resume=True, progress=False)
+    assert summary["epochs"] == 2 and [r["epoch"] for r in summary["history"]] == [1, 2]
+    recorded = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert recorded["lr"] == 0.005 and recorded["epochs"] == 2
+
+
+def test_max_steps_counts_every_step_of_the_run(tmp_path):
+    torch.set_num_threads(1)
+    tc = TrainConfig(epochs=3, train_size=160, **{**COPY, "val_size": 20})  # 5 steps an epoch
+    summary = train("seq2seq_tiny_attn", tc, tmp_path, progress=False, max_steps=7)
+    assert summary["steps"] == 7 and summary["epochs"] == 2  # the cut-short epoch is saved
+    assert load_checkpoint(tmp_path / "last.safetensors").state["step"] == 7
+    resumed = train("seq2seq_tiny_attn", tc, tmp_path, resume=True, progress=False, max_steps=9)
+    assert resumed["steps"] == 9 and resumed["epochs"] == 3
+    with pytest.raises(InvalidInputError, match=r"max_steps must be >= 1 .*; got 0"):
+        train("seq2seq_tiny_attn", tc, tmp_path / "none", progress=False, max_steps=0)
+
+
+def test_train_config_rejects_non_finite_and_out_of_range_numbers():
+    for kw, message in [
+        ({"lr": float("inf")}, "lr must be a finite number > 0; got inf"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0; got nan"),
+        ({"lr": 0.0}, "lr must be a finite number > 0; got 0.0"),
+        ({"clip": -1.0}, "clip must be a finite number >= 0; got -1.0"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be a finite number in \[0, 1\); got 1.0"),
+        ({"max_minutes": float("nan")}, "max_minutes must be a finite number > 0; got nan"),
+        ({"train_size": 0}, "train_size must be >= 1; got 0"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            TrainConfig(**kw)
 
 
 def _saved_run(tmp_path, vocab_size=24, **overrides):

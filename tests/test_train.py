@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 import keymodels.checkpoint as checkpoint_module
+import keymodels.seq2seq.train as seq2seq_train_module
 import keymodels.train as train_module
 from keymodels.checkpoint import CheckpointMismatchError, load_checkpoint
 from keymodels.data import get_recipe, load_dataset, preprocess_images
@@ -160,6 +162,45 @@ def test_resume_from_another_model_names_mismatches(tmp_path: Path) -> None:
         train(deeper, tmp_path, resume=True, progress=False)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(tiny_recipe(), tmp_path / "new", resume=True, progress=False)
+
+
+def test_resume_refuses_no_more_epochs_and_a_changed_recipe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(tiny_recipe(epochs=1), tmp_path, progress=False, max_steps=2)
+    with pytest.raises(
+        TrainingError,
+        match=r"has already trained 1 epoch\(s\), so --epochs 1 \(epochs=1\) leaves nothing to "
+        r"train; to train longer, resume with --epochs greater than 1",
+    ):
+        train(tiny_recipe(epochs=1), tmp_path, resume=True, progress=False)
+    with pytest.raises(
+        TrainingError, match=r"changed recipe \(lr: the run has 0\.01, given 0\.5\)"
+    ):
+        train(tiny_recipe(lr=0.5), tmp_path, resume=True, progress=False)
+    erasing = tiny_recipe(augment={"crop_padding": 0, "random_erasing": 0.5})
+    with pytest.raises(
+        TrainingError, match=r"augment\.random_erasing: the run has 0\.0, given 0\.5"
+    ):
+        train(erasing, tmp_path, resume=True, progress=False)
+    # Only the number of epochs may change; recipe.json records what the run uses.
+    with caplog.at_level("INFO", logger="keymodels.train"):
+        train(tiny_recipe(epochs=2), tmp_path, resume=True, progress=False, max_steps=3)
+    recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
+    assert recipe["lr"] == 0.01 and recipe["epochs"] == 2
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 2/2:")]
+    assert len(lines) == 1 and re.fullmatch(
+        r"epoch 2/2: train loss [\d.]+, test loss [\d.]+, test acc [\d.]+%, lr \S+, [\d.]+ s, "
+        r"\d+ img/s",
+        lines[0],
+    ), lines
+
+
+def test_hints_name_the_parameter_and_the_flag() -> None:
+    for hint in (train_module.NONFINITE_HINT, seq2seq_train_module.NONFINITE_HINT):
+        assert "--lr (" in hint and "--resume (resume=True)" in hint, hint
+        assert "--on-nonfinite skip (" in hint, hint
+    assert "--warmup-epochs (recipe.warmup_epochs)" in train_module.NONFINITE_HINT
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(

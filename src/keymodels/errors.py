@@ -6,6 +6,7 @@ Each one carries a message that says what was wrong, what was expected and how t
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -45,3 +46,36 @@ def reject_unknown_fields(kind: str, given: Iterable[str], valid: Iterable[str])
     raise InvalidInputError(
         f"unknown {kind} field(s) {unknown}; valid fields: {', '.join(valid)}.{hint}"
     )
+
+
+def check_number(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` is finite and in range.
+
+    Args:
+        name: the parameter, as the message names it.
+        value: the number to check.
+        low: the smallest value allowed (excluded with ``low_open``); None: no bound.
+        high: the bound ``value`` must stay below (excluded); None: no bound.
+        low_open: ``value`` must be greater than ``low``, not equal to it.
+    """
+    ok = math.isfinite(value)
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and value < high
+    if ok:
+        return
+    if low is not None and high is not None:
+        expected = f"in {'(' if low_open else '['}{low:g}, {high:g})"
+    elif low is not None:
+        expected = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        expected = f"< {high:g}" if high is not None else ""
+    raise InvalidInputError(f"{name} must be a finite number {expected}; got {value}".rstrip())

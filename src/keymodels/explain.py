@@ -510,6 +510,9 @@ def save_explanations(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .plotting import use_fallback_fonts
+
+    use_fallback_fonts()  # titles are file names: CJK and emoji drawn where a font has them
     cols = min(columns, B)
     rows = math.ceil(B / cols)
     panel = 2.6  # inches per panel: room for a title of three predictions

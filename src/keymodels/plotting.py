@@ -1,17 +1,37 @@
 """PNG figures shared by the model families: attention heatmaps and metric-against-length lines.
 
 Matplotlib runs with the Agg backend (no display needed); ``save_figure`` writes and frees a
-figure for every module that draws one, and every function returns the PNG path.
+figure for every module that draws one, and every function returns the PNG path. Titles and tick
+labels come from file names and sentences, so CJK and emoji are drawn with a font that has them
+where one is installed (``use_fallback_fonts``).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InvalidInputError
+
+# Fonts tried after matplotlib's own (DejaVu Sans by default, which has no CJK or emoji glyphs),
+# each used only where installed (e.g. Noto Sans CJK, from `apt-get install fonts-noto-cjk`).
+# Not "Noto Color Emoji" or "Apple Color Emoji": bitmap-only fonts that FreeType cannot scale,
+# so matplotlib fails to draw with them (matplotlib issue 12830).
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "Noto Emoji",
+    "Symbola",
+)
+# matplotlib warns once per character no font has, one warning per letter of a Chinese title;
+# the box drawn instead is the whole story.
+MISSING_GLYPH_WARNING = r"Glyph \d+ .* missing from font"
 
 
 def pyplot():
@@ -21,7 +41,46 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_fallback_fonts()
     return plt
+
+
+def use_fallback_fonts() -> None:
+    """Draw text with the installed fonts of :data:`FALLBACK_FONTS` where matplotlib's lack a
+    glyph, and silence matplotlib's "Glyph … missing from font" warnings for the rest.
+
+    Called by :func:`pyplot` and by every figure drawn without it, before the figure's text is
+    created (matplotlib reads the font list then).
+    """
+    _add_installed_fonts()
+    # On every call, not once: pytest and warnings.catch_warnings() put back the filters they
+    # found on exit. filterwarnings replaces an equal filter, so the list does not grow.
+    warnings.filterwarnings("ignore", message=MISSING_GLYPH_WARNING, category=UserWarning)
+
+
+@functools.cache
+def _add_installed_fonts() -> None:
+    """Append the installed :data:`FALLBACK_FONTS` to ``rcParams["font.family"]``, once.
+
+    matplotlib (3.6 and later) takes each character from the first family in that list that has
+    it; a family that is not installed would log "font family not found" at every figure, so
+    only installed ones are added.
+    """
+    import matplotlib
+    from matplotlib import font_manager
+
+    families = list(matplotlib.rcParams["font.family"])
+    for name in FALLBACK_FONTS:
+        if name in families:
+            continue
+        try:
+            font_manager.findfont(
+                font_manager.FontProperties(family=name), fallback_to_default=False
+            )
+        except ValueError:  # not installed
+            continue
+        families.append(name)
+    matplotlib.rcParams["font.family"] = families
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ __all__ = [
     "Run",
     "TrainingError",
     "check_compatible",
+    "check_same_settings",
     "choose_precision",
+    "epoch_line",
     "lr_factor",
 ]
 
@@ -60,6 +62,40 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def epoch_line(
+    epoch: int,
+    epochs: int,
+    *,
+    train_loss: float,
+    split: str,
+    loss: float,
+    metric: str,
+    score: float,
+    lr: float,
+    seconds: float,
+    extra: str = "",
+) -> str:
+    """One epoch's summary line, the same for both engines, e.g.
+    ``epoch 3/10: train loss 1.2340, val loss 1.1110, val BLEU 30.10, lr 0.001, 12.3 s``.
+
+    Args:
+        epoch: the epoch just done (from 1); ``epochs``: how many the run trains.
+        train_loss: the mean training loss of the epoch.
+        split: the evaluated split, ``"val"`` or ``"test"``; ``loss``: its loss.
+        metric: the score's name, ``"acc"`` (a percentage, printed with ``%``) or ``"BLEU"``.
+        score: the evaluated split's score.
+        lr: the learning rate at the end of the epoch.
+        seconds: the epoch's time.
+        extra: appended after a comma (e.g. ``"560 img/s"``).
+    """
+    shown = f"{score:.2f}%" if metric == "acc" else f"{score:.2f}"
+    line = (
+        f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, {split} loss {loss:.4f}, "
+        f"{split} {metric} {shown}, lr {lr:.3g}, {seconds:.1f} s"
+    )
+    return f"{line}, {extra}" if extra else line
+
+
 def choose_precision(
     requested: str,
     model: nn.Module,
@@ -76,13 +112,46 @@ def choose_precision(
         bf16 = torch.cuda.is_bf16_supported()
         if requested == "bf16" and not bf16:
             raise TrainingError(
-                "this GPU has no bf16 support; use precision='auto' (fp16) or 'fp32'"
+                "this GPU has no bf16 support; use --precision auto (precision='auto', fp16) or "
+                "fp32"
             )
         return PrecisionChoice("bf16" if bf16 else "fp16", requested, "CUDA mixed precision")
     choice = choose_training_precision(requested, model, loss_fn, device, previous)
     if distributed:
         choice = PrecisionChoice.from_dict(all_gather_objects(choice.to_dict())[0])
     return choice
+
+
+def check_same_settings(
+    what: str, stored: dict[str, Any], given: dict[str, Any], may_change: Iterable[str], where: Path
+) -> None:
+    """Refuse to resume a run with settings that differ from those it was trained with.
+
+    A resumed run goes on with its own optimizer state and schedule, so a changed setting would
+    be silently ignored (or, worse, recorded as if it had been used).
+
+    Args:
+        what: how the message names the settings, e.g. ``"recipe"``.
+        stored: the settings the run was trained with (from its checkpoint).
+        given: the settings asked for now.
+        may_change: the keys that may differ (how long to train, what to do on a NaN loss).
+        where: the checkpoint resumed from, for the message.
+
+    Raises:
+        TrainingError: naming each changed setting with its stored and given value.
+    """
+    # Through JSON, as the checkpoint stored them: a tuple given and its stored list are equal.
+    stored, given = json.loads(json.dumps(stored)), json.loads(json.dumps(given))
+    free = set(may_change)
+    changed = [k for k in given if k in stored and k not in free and given[k] != stored[k]]
+    if not changed:
+        return
+    diffs = "; ".join(f"{k}: the run has {stored[k]!r}, given {given[k]!r}" for k in changed)
+    raise TrainingError(
+        f"cannot resume {where} with a changed {what} ({diffs}): a resumed run goes on with the "
+        f"settings it was trained with; only {', '.join(sorted(free))} may change. Give the "
+        "stored values (or leave them out), or train a new run in another --out (out) folder"
+    )
 
 
 class Run:
@@ -172,7 +241,8 @@ class Run:
             return None
         if not self.last_path.is_file():
             raise TrainingError(
-                f"nothing to resume: {self.last_path} does not exist (train without --resume)"
+                f"nothing to resume: {self.last_path} does not exist; train without --resume "
+                "(resume=False)"
             )
         ckpt = load_checkpoint(self.last_path)
         if kind_check is not None and not kind_check(ckpt):
@@ -190,6 +260,20 @@ class Run:
         self.partial = state.get("partial")
         self.resumed = ckpt
         return ckpt
+
+    def check_more_epochs(self, epochs: int) -> None:
+        """Refuse to resume a run that has already trained ``epochs`` epochs or more.
+
+        Raises:
+            TrainingError: naming the epochs done and how to train longer.
+        """
+        if self.resuming and epochs <= self.epoch:
+            raise TrainingError(
+                f"{self.out} has already trained {self.epoch} epoch(s), so --epochs {epochs} "
+                f"(epochs={epochs}) leaves nothing to train; to train longer, resume with "
+                f"--epochs greater than {self.epoch}, e.g. --epochs {2 * self.epoch} "
+                f"(epochs={2 * self.epoch})"
+            )
 
     def restore_rng(self) -> None:
         """Put every random generator back where the resumed run saved it (after the engine has
@@ -243,7 +327,8 @@ class Run:
                 save_checkpoint(path, ckpt)
             except CheckpointError as e:
                 raise TrainingError(
-                    f"{where or 'checkpoint'}: {e}. Free some space and run again with --resume"
+                    f"{where or 'checkpoint'}: {e}. Free some space and run again with --resume "
+                    "(resume=True)"
                 ) from e
 
     def interrupted(self, where: str) -> TrainingInterrupted:

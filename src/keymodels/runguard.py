@@ -77,7 +77,8 @@ class GracefulStop:
         name = signal.Signals(self.signum).name
         return TrainingInterrupted(
             f"{name} received: training stopped after {where}; its state is saved in "
-            f"{checkpoint}. Run the same command with --resume to continue exactly from there",
+            f"{checkpoint}. Run the same command with --resume (resume=True) to continue exactly from "
+            "there",
             checkpoint,
             self.signum,
         )

@@ -6,6 +6,7 @@ training (``keymodels.train``, ``keymodels.seq2seq.train``).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from .checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
-from .data import preprocess_images
+from .data import ImageDecodeError, preprocess_images
 from .errors import InvalidInputError
 from .layers import to_2tuple
 from .rundir import checkpoint_meta
@@ -38,6 +39,8 @@ from .vit import VisionTransformer, ViTConfig
 __all__ = ["LoadedRun", "evaluate", "load", "load_seq2seq", "load_vit", "predict"]
 
 VIT_HINT = "Load it with the recipe and model it was trained with"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +155,7 @@ def predict(
     top_k: int = 3,
     precision: str = "auto",
     compile: str = "auto",
+    on_error: str = "fail",
 ) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file.
 
@@ -161,15 +165,22 @@ def predict(
         images: image files of any size and mode, preprocessed as in evaluation.
         top_k: how many classes per image (fewer if the model has fewer).
         precision, compile: the inference fast path (see :func:`keymodels.runtime.optimize`).
+        on_error: an image file that cannot be read (missing, corrupt, not an image): "fail"
+            (the default) raises the error naming it; "skip" logs it as a warning and leaves it
+            out of the result.
 
     Returns:
-        One ``{"image": path, "top": [{"class": name, "prob": p}, ...]}`` per image.
+        One ``{"image": path, "top": [{"class": name, "prob": p}, ...]}`` per image read.
 
     Raises:
-        InvalidInputError: the model's outputs are NaN or infinite (broken weights).
+        ImageDecodeError: an image file cannot be read and ``on_error`` is "fail".
+        InvalidInputError: ``on_error`` is neither "fail" nor "skip"; with "skip", none of the
+            images could be read; the model's outputs are NaN or infinite (broken weights).
     """
+    if on_error not in ("fail", "skip"):
+        raise InvalidInputError(f"on_error must be 'fail' or 'skip'; got {on_error!r}")
     model, info = run if isinstance(run, tuple) else load_vit(run)
-    x = preprocess_images(images, info)
+    images, x = _read_images(images, info, on_error)
     fast = optimize(model, precision, compile, x, expected_items=len(x))
     with torch.inference_mode():
         probs = fast(x).softmax(-1)
@@ -185,6 +196,29 @@ def predict(
         }
         for n, path in enumerate(images)
     ]
+
+
+def _read_images(
+    images: list[str | Path], info: dict[str, Any], on_error: str
+) -> tuple[list[str | Path], torch.Tensor]:
+    """The images that could be read and their model input; see :func:`predict`'s ``on_error``."""
+    if on_error == "fail":
+        return list(images), preprocess_images(images, info)
+    kept, inputs, errors = [], [], []
+    for path in images:
+        try:
+            inputs.append(preprocess_images(path, info))
+        except ImageDecodeError as e:
+            errors.append(e)
+            continue
+        kept.append(path)
+    if not kept:  # one error, naming the first file, rather than a warning per file and an error
+        raise InvalidInputError(
+            f"none of the {len(images)} image file(s) could be read; the first: {errors[0]}"
+        ) from errors[0]
+    for e in errors:
+        log.warning("skipping unreadable image: %s", e)
+    return kept, torch.cat(inputs)
 
 
 def check_finite_outputs(probs: torch.Tensor, checkpoint: str) -> None:

@@ -192,7 +192,7 @@ def choose_precision(
         timings = {p: measure(step_for(p)) for p in ("fp32", "bf16")}
         log.warning(
             "bf16 requested on %s, which has no bf16 units: measured %.1f× slower than fp32; "
-            "running bf16 as asked (--precision auto would keep fp32)",
+            "running bf16 as asked; --precision auto (precision='auto') would keep fp32",
             hw.name, timings["bf16"] / max(timings["fp32"], 1e-12),
         )  # fmt: skip
         return PrecisionChoice("bf16", requested, "as requested", timings, hw_dict)

@@ -55,7 +55,7 @@ from .layers import to_2tuple
 from .metrics import plot_curves
 from .plotting import pyplot, save_figure
 from .registry import get_config
-from .run import Run, TrainingError, lr_factor
+from .run import Run, TrainingError, check_same_settings, epoch_line, lr_factor
 from .runguard import GracefulStop, NonFiniteGuard, NonFiniteLossError, crash_point
 from .runs import evaluate
 from .runtime import compile_or_eager
@@ -65,10 +65,25 @@ log = logging.getLogger(__name__)
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token")
 NONFINITE_HINT = (
-    "Lower --lr, lengthen --warmup-epochs or keep --clip-grad on, then --resume, or pass "
-    "--on-nonfinite skip"
+    "Lower --lr (recipe.lr), lengthen --warmup-epochs (recipe.warmup_epochs) or keep "
+    "--clip-grad (recipe.clip_grad) on, then --resume (resume=True), or pass --on-nonfinite skip "
+    "(on_nonfinite='skip')"
 )
-MISMATCH_HINT = "Resume with the recipe and model it was trained with, or use a new --out folder"
+MISMATCH_HINT = (
+    "Resume with the recipe and model it was trained with, or use a new --out (out) folder"
+)
+
+
+# The recipe fields a resumed run may change; the others must stay as the run was trained
+# (train()'s own parameters, e.g. precision and on_nonfinite, may change too).
+RESUME_MAY_CHANGE = ("epochs",)
+
+
+def _flat_recipe(d: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict with its ``augment`` fields as ``augment.NAME``, to name a changed one."""
+    augment = d.get("augment") or {}
+    rest = {k: v for k, v in d.items() if k != "augment"}
+    return {**rest, **{f"augment.{k}": v for k, v in augment.items()}}
 
 
 @dataclass
@@ -130,6 +145,13 @@ def _stats(splits: DataSplits, img_size: tuple[int, int]) -> tuple[list[float], 
         raise TrainingError("no readable training image to compute normalization statistics from")
     x = (torch.stack(images) * 255).round().to(torch.uint8)
     return mean_std(x)
+
+
+def _unreadable_files(splits: DataSplits) -> int:
+    """The distinct image files of both splits found unreadable so far (each warned about once
+    by its data set); unlike the images an epoch skipped, this does not depend on which batch
+    ``drop_last`` left out. In-memory arrays have none."""
+    return sum(getattr(ds, "unreadable_files", 0) for ds in (splits.train, splits.test))
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
@@ -349,7 +371,9 @@ def train(
             saved in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
         NonFiniteLossError: the loss became NaN or infinite (``on_nonfinite="stop"``).
         CheckpointMismatchError: ``resume`` with a recipe whose model is not the run's.
-        TrainingError: nothing to resume, a checkpoint that could not be written, bad data.
+        TrainingError: nothing to resume, a resume with no epochs left (``recipe.epochs`` not
+            above the epochs done) or with a recipe field other than ``epochs`` changed, a
+            checkpoint that could not be written, bad data.
     """
     out = Path(out)
     guard = NonFiniteGuard(on_nonfinite)
@@ -413,7 +437,7 @@ def _train(
     if len(splits.train) < recipe.batch_size * dist_info.world_size:
         raise TrainingError(
             f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
-            f"× {dist_info.world_size} process(es); lower --batch-size"
+            f"× {dist_info.world_size} process(es); lower --batch-size (recipe.batch_size)"
         )
     steps_per_epoch = len(splits.train) // (recipe.batch_size * dist_info.world_size)
     total_steps = steps_per_epoch * recipe.epochs
@@ -434,12 +458,21 @@ def _train(
     if (ckpt := run.resume()) is not None:
         weights = ckpt.state.get("train_model", ckpt.model)
         check_compatible(model, weights, str(run.last_path), MISMATCH_HINT)
+        if "recipe" in ckpt.meta:  # runs saved before recipes were stored cannot be compared
+            check_same_settings(
+                "recipe", _flat_recipe(ckpt.meta["recipe"]), _flat_recipe(recipe.to_dict()),
+                RESUME_MAY_CHANGE, run.last_path,
+            )  # fmt: skip
+        # What is wrong with the run comes first; how long to go on, after.
+        run.check_more_epochs(recipe.epochs)
         model.load_state_dict(weights)
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])
         if ema is not None:
             if "train_model" not in ckpt.state:
-                raise TrainingError(f"{run.last_path} was trained without EMA; resume with --ema 0")
+                raise TrainingError(
+                    f"{run.last_path} was trained without EMA; resume with --ema 0 (recipe.ema=0)"
+                )
             ema.module.load_state_dict(ckpt.model)
             ema.n_averaged.fill_(int(ckpt.state["ema_n"]))
         run.restore_rng()
@@ -540,24 +573,23 @@ def _train(
             where = f"step {step} (epoch {epoch + 1}, batch {stats['batches']}/{len(loader)})"
             raise run.interrupted(where)
         run.epoch = epoch + 1
-        if stats["skipped"] and main:
-            log.warning("epoch %d: skipped %d unreadable images", epoch + 1, stats["skipped"])
         if main:
             test = evaluate_test()
             row = {
                 "train_loss": stats["loss"], "train_acc": stats["acc"], "test_loss": test["loss"],
                 "test_acc": test["acc"], "lr": optimizer.param_groups[0]["lr"],
                 "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
-                "skipped": stats["skipped"] + test["skipped"], "nonfinite_steps": stats["nonfinite"],
+                "skipped": _unreadable_files(splits), "nonfinite_steps": stats["nonfinite"],
                 "precision": choice.precision,
             }  # fmt: skip
             history.append({"epoch": epoch + 1, **row})
             run.log(epoch + 1, row)
-            log.info(
-                "epoch %d/%d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.0f img/s",
-                epoch + 1, recipe.epochs, stats["loss"], stats["acc"], test["loss"], test["acc"],
-                stats["img_per_s"],
+            line = epoch_line(
+                epoch + 1, recipe.epochs, train_loss=stats["loss"], split="test",
+                loss=test["loss"], metric="acc", score=100 * test["acc"], lr=row["lr"],
+                seconds=stats["time"], extra=f"{stats['img_per_s']:.0f} img/s",
             )  # fmt: skip
+            log.info("%s", line)
             best = run.improved(test["acc"])
             run.save(checkpoint(epoch + 1), best=best, where=f"epoch {epoch + 1}")
         barrier()
@@ -579,6 +611,7 @@ def _train(
             "test_acc": test["acc"], "test_loss": test["loss"], "best_test_acc": run.best,
             "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])),
             "confusion": test["confusion"], "class_names": splits.classes,
+            "unreadable_images": _unreadable_files(splits),
         }  # fmt: skip
         run.write_json("results.json", results)
     return TrainResult(eval_model, out, run.best, run.epoch, history, results)

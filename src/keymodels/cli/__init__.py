@@ -90,6 +90,27 @@ def png_path(value: str | os.PathLike, what: str, example: str = "figure.png") -
     return path
 
 
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argparse.Action) -> None:
+    """Accept ``alias`` as an old spelling of ``action``'s option, left out of ``--help``.
+
+    A renamed flag keeps working in scripts, while the help shows one name for one idea.
+
+    Args:
+        parser: the parser that holds ``action``.
+        alias: the old option string, e.g. ``"--clip"``.
+        action: what ``add_argument`` returned for the documented option.
+    """
+    parser.add_argument(
+        alias,
+        dest=action.dest,
+        type=action.type,
+        choices=action.choices,
+        # SUPPRESS: the documented option's default stands when neither spelling is given.
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile auto|on|off`` for inference commands."""
     parser.add_argument(

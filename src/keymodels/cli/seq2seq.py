@@ -8,18 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
 from ..errors import InvalidInputError
-from ..rundir import check_writable_output
+from ..rundir import check_writable_output, checkpoint_meta
 from ..runs import load_seq2seq as load_run
 from ..seq2seq.data import SYNTHETIC_TASKS, TASKS, DataError, download_multi30k, read_lines
-from ..seq2seq.train import TrainConfig, evaluate, load_task, train
-from . import add_precision_argument, finite_float, png_path, positive_int
+from ..seq2seq.train import TrainConfig, epoch_row_line, evaluate, load_task, train
+from . import add_hidden_alias, add_precision_argument, finite_float, png_path, positive_int
 
 SCORE_CHOICES = ("dot", "general", "concat", "scaled_dot", "none")
 
@@ -29,9 +31,44 @@ def _default_model(task: str, attention: str) -> str:
     return f"seq2seq_gru_{'plain' if attention == 'none' else 'attn'}_{size}"
 
 
-def _print_row(row: dict) -> None:
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
-    print("  ".join(parts), flush=True)
+def _print_row(row: dict, epochs: int, label: str = "", file: TextIO | None = None) -> None:
+    """Print an epoch's history ``row`` as one line, in the ViT engine's format."""
+    prefix = f"[{label}] " if label else ""
+    print(prefix + epoch_row_line(row, epochs), file=file or sys.stdout, flush=True)
+
+
+# TrainConfig field -> the `seq2seq train` argument that sets it.
+TRAIN_CONFIG_ARGS = {
+    "task": "task", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "schedule": "schedule", "clip": "clip", "teacher_forcing": "teacher_forcing",
+    "label_smoothing": "label_smoothing", "seed": "seed", "max_len": "max_len",
+    "too_long": "too_long", "num_workers": "workers", "max_minutes": "max_minutes",
+    "on_nonfinite": "on_nonfinite", "train_size": "train_size", "min_len": "min_length",
+    "synthetic_max_len": "max_length", "num_symbols": "symbols", "data_dir": "data_dir",
+    "min_freq": "min_freq", "lowercase": "lowercase",
+}  # fmt: skip
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags ask for.
+
+    With ``--resume``, a flag left at its default (and every field without a flag) keeps the
+    run's stored value, so that ``--resume --epochs 20`` needs no other flag; a flag given with
+    another value than the stored one is refused by the engine, naming it.
+    """
+    values = {field: getattr(args, dest) for field, dest in TRAIN_CONFIG_ARGS.items()}
+    # Absolute: `seq2seq eval` of the run may start in another folder.
+    values["data_dir"] = str(Path(args.data_dir).resolve())
+    meta = checkpoint_meta(Path(args.out) / "last.safetensors") if args.resume else None
+    if meta and isinstance(meta.get("train_config"), dict):
+        stored = TrainConfig.from_dict(meta["train_config"]).to_dict()
+        given = {
+            field: values[field]
+            for field, dest in TRAIN_CONFIG_ARGS.items()
+            if getattr(args, dest) != args.flag_defaults[dest]
+        }
+        values = {**stored, **given}
+    return TrainConfig(**values)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -39,30 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.download:
         download_multi30k(args.data_dir)
-    tc = TrainConfig(
-        task=args.task,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        schedule=args.schedule,
-        clip=args.clip,
-        teacher_forcing=args.teacher_forcing,
-        label_smoothing=args.label_smoothing,
-        seed=args.seed,
-        max_len=args.max_len,
-        too_long=args.too_long,
-        num_workers=args.workers,
-        max_minutes=args.max_minutes,
-        on_nonfinite=args.on_nonfinite,
-        train_size=args.train_size,
-        min_len=args.min_length,
-        synthetic_max_len=args.max_length,
-        num_symbols=args.symbols,
-        # Absolute: `seq2seq eval` of the run may start in another folder.
-        data_dir=str(Path(args.data_dir).resolve()),
-        min_freq=args.min_freq,
-        lowercase=args.lowercase,
-    )
+    tc = _train_config(args)
     overrides = {
         "attention": args.attention,
         "style": args.style,
@@ -75,8 +89,10 @@ def run_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.layers is not None:
         overrides["num_layers"] = args.layers
-    name = args.model or _default_model(args.task, args.attention)
+    name = args.model or _default_model(tc.task, args.attention)
     start = time.perf_counter()
+    # With --json, stdout holds only the summary object: the epoch lines go to stderr.
+    epoch_file = sys.stderr if args.json else sys.stdout
     summary = train(
         name,
         tc,
@@ -84,12 +100,23 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         progress=not args.no_progress,
-        on_epoch=_print_row,
+        on_epoch=lambda row: _print_row(row, tc.epochs, file=epoch_file),
         precision=args.precision,
+        max_steps=args.max_steps,
         **overrides,
     )
+    elapsed = time.perf_counter() - start
+    metric = "accuracy" if tc.synthetic else "bleu"
+    if args.json:
+        best = summary["best"] if math.isfinite(summary["best"]) else None  # None: no epoch
+        print(json.dumps({
+            "model": name, "task": tc.task, "metric": metric, "best": best,
+            "epochs": summary["epochs"], "steps": summary["steps"], "wall_s": elapsed,
+            "out": str(args.out), "history": summary["history"],
+        }))  # fmt: skip
+        return 0
     print(
-        f"trained {name} on {tc.task} in {time.perf_counter() - start:.0f} s; best validation "
+        f"trained {name} on {tc.task} in {elapsed:.0f} s; best validation "
         f"{'accuracy' if tc.synthetic else 'BLEU'} {summary['best']:.2f}; checkpoints in {args.out}"
     )
     return 0
@@ -234,7 +261,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         seed=args.seed,
         force=args.force,
         progress=not args.no_progress,
-        on_epoch=lambda label, row: _print_row({"model": label, **row}),
+        on_epoch=lambda label, row: _print_row(row, args.epochs, label),
     )
     _print_length_table(result)
     print(f"plots and length_experiment.json in {args.out}")
@@ -286,6 +313,40 @@ def _demo_experiment(out: Path) -> dict:
     )
 
 
+def _cpu_device(value: str) -> str:
+    """An argparse type for ``seq2seq train --device``: only ``cpu``, and a plain word for cuda.
+
+    Raises:
+        argparse.ArgumentTypeError: any other device, cuda with its own message.
+    """
+    if value == "cpu":
+        return value
+    if value.startswith("cuda"):
+        raise argparse.ArgumentTypeError(
+            f"the seq2seq engine runs on the CPU; --device {value} is not supported yet "
+            "(leave out --device, or pass --device cpu)"
+        )
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from 'cpu')")
+
+
+def _add_synthetic_lengths(parser: argparse.ArgumentParser, shortest: int, longest: int) -> None:
+    """``--synthetic-min-length``/``--synthetic-max-length``: the input lengths of a synthetic task.
+
+    Named apart from ``--max-len`` (the longest training sentence), with the old spellings
+    ``--min-length``/``--max-length`` kept as hidden aliases.
+    """
+    for bound, default, what in (("min", shortest, "shortest"), ("max", longest, "longest")):
+        action = parser.add_argument(
+            f"--synthetic-{bound}-length",
+            dest=f"{bound}_length",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"synthetic tasks: {what} input (tokens; default {default})",
+        )
+        add_hidden_alias(parser, f"--{bound}-length", action)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("seq2seq", help="train/evaluate RNN encoder-decoders", description=__doc__)
     ss = p.add_subparsers(dest="seq2seq_command", metavar="ACTION", parser_class=type(p))
@@ -323,15 +384,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="plateau",
         help="plateau: halve lr when validation stops improving; cosine: anneal to 0 over --epochs",
     )
-    t.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+    clip = t.add_argument(
+        "--clip-grad",
+        dest="clip",
+        type=float,
+        default=1.0,
+        metavar="NORM",
+        help="gradient norm clip (0: off), as in keymodels train",
+    )
+    add_hidden_alias(t, "--clip", clip)  # the old spelling, kept for scripts
     t.add_argument("--teacher-forcing", type=float, default=1.0, help="teacher forcing ratio")
     t.add_argument("--label-smoothing", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-len", type=int, default=50, help="longest training sentence (tokens)")
     t.add_argument("--too-long", choices=("truncate", "drop", "error"), default="truncate")
     t.add_argument("--train-size", type=int, default=10000, help="synthetic tasks: training pairs")
-    t.add_argument("--min-length", type=int, default=3, help="synthetic tasks: shortest input")
-    t.add_argument("--max-length", type=int, default=12, help="synthetic tasks: longest input")
+    _add_synthetic_lengths(t, 3, 12)
     t.add_argument("--symbols", type=int, default=20, help="synthetic tasks: alphabet size")
     t.add_argument("--data-dir", default="../shared/data/multi30k", help="Multi30k raw files")
     t.add_argument(
@@ -358,9 +426,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     t.add_argument("--force", action="store_true", help="start over in an OUT that holds a run")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    t.add_argument(
+        "--max-steps",
+        type=positive_int,
+        help="stop after this many optimizer steps in total (quick trials)",
+    )
     t.add_argument("--out", required=True, help="run directory")
+    t.add_argument(
+        "--device",
+        type=_cpu_device,
+        default="cpu",
+        metavar="{cpu}",
+        help="where to train: the seq2seq engine runs on the CPU (cpu, the default)",
+    )
     add_precision_argument(t, "training")
-    t.set_defaults(func=run_train)
+    # The defaults, for --resume to tell a flag given from one left out (see _train_config).
+    flag_defaults = {dest: t.get_default(dest) for dest in TRAIN_CONFIG_ARGS.values()}
+    t.set_defaults(func=run_train, flag_defaults=flag_defaults)
 
     e = ss.add_parser("eval", help="loss, perplexity, accuracy/BLEU (by length) of a run")
     e.add_argument("run", help="run directory or checkpoint file")
@@ -374,8 +457,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     x = ss.add_parser("experiment", help="plain vs attention against input length (plots)")
     x.add_argument("--task", choices=SYNTHETIC_TASKS, default="copy")
-    x.add_argument("--min-length", type=int, default=2)
-    x.add_argument("--max-length", type=int, default=20)
+    _add_synthetic_lengths(x, 2, 20)
     x.add_argument("--epochs", type=int, default=6)
     x.add_argument("--train-size", type=int, default=12000)
     x.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ import torch
 
 from ..data import (
     DATASETS,
+    Recipe,
     collate_skip,
     eval_transform,
     get_recipe,
@@ -48,18 +49,25 @@ AUGMENT_FLAGS = ("crop_padding", "random_resized_crop", "hflip", "auto_augment",
 
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
+    """The recipe named by ``--recipe`` with the flags given; on ``--resume``, the run's own
+    recipe (``OUT/recipe.json``) with the flags given, so that a resume needs no flag repeated."""
     overrides = {
         f: getattr(args, a) for a, f in RECIPE_FLAGS.items() if getattr(args, a) is not None
     }
     augment = {a: getattr(args, a) for a in AUGMENT_FLAGS if getattr(args, a) is not None}
     if augment:
         overrides["augment"] = augment
+    stored = Path(args.out) / "recipe.json" if getattr(args, "resume", False) else None
+    if stored is not None and stored.is_file():
+        base = Recipe.from_dict(json.loads(stored.read_text())["recipe"])
+    else:
+        base = get_recipe(args.recipe)
     if args.drop_path is not None:
-        overrides["model_overrides"] = {
-            **get_recipe(args.recipe).model_overrides,
-            "drop_path_rate": args.drop_path,
-        }
-    return get_recipe(args.recipe, **overrides)
+        overrides["model_overrides"] = {**base.model_overrides, "drop_path_rate": args.drop_path}
+    d = base.to_dict()
+    if "augment" in overrides:
+        overrides["augment"] = {**d["augment"], **overrides["augment"]}
+    return Recipe.from_dict({**d, **overrides})
 
 
 def default_threads() -> int:
@@ -186,7 +194,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1; got {args.top_k}")
     loaded = load_for_inference(args.run)
-    rows = predict(loaded, args.images, args.top_k, args.precision, args.compile)
+    rows = predict(
+        loaded, args.images, args.top_k, args.precision, args.compile, on_error=args.on_error
+    )
     if args.json:
         print(json.dumps({"predictions": rows}))
         return 0
@@ -286,7 +296,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500)
     add_precision_argument(p, "inference")
     add_compile_argument(p)
-    p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="unreadable image files: skip and count (default) or fail naming the file")  # fmt: skip
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_eval)
@@ -301,6 +312,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_TOP_K,
         help=f"classes listed per image (default: {DEFAULT_TOP_K})",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "fail"],
+        default="fail",
+        help="an image file that cannot be read: fail naming it (default), or skip it: named on "
+        "stderr and left out of the output",
     )
     add_precision_argument(p, "inference")
     add_compile_argument(p)

@@ -68,7 +68,7 @@ def heads_hint(embed_dim: int) -> str:
     tip = f" (the published ViT of width {embed_dim} has num_heads={n})" if n else ""
     return (
         "the number of attention heads cannot be read from the weights' shapes; pass "
-        f"model='<registered name>' (--model) or num_heads=…{tip}"
+        f"--model NAME (model='<registered name>') or --num-heads N (num_heads=N){tip}"
     )
 
 
@@ -123,7 +123,7 @@ def require(state: dict[str, Tensor], key: str, fmt: str) -> Tensor:
         sample = ", ".join(sorted(state)[:5])
         raise ConversionError(
             f"not a {fmt} ViT checkpoint: key {key!r} is missing (first keys found: {sample}); "
-            "check --from / the source format"
+            "check --from (the source format: fmt / from_format)"
         )
     return state[key]
 
@@ -235,7 +235,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
                 "another format"
             ) from e
     if path.suffix == ".npz":
-        raise ConversionError(f"{path} is a NumPy archive; convert it with --from jax")
+        raise ConversionError(f"{path} is a NumPy archive; convert it with --from jax (fmt='jax')")
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt") and not head.startswith(b"PK"):

@@ -57,7 +57,10 @@ class ImageFileDataset(Dataset):
     """Image files decoded lazily (in the loader's workers); bad files skipped or fatal.
 
     With ``on_error="skip"`` an unreadable file gives ``None``, which :func:`collate_skip` drops
-    and counts; with ``"fail"`` the :class:`ImageDecodeError` naming the file propagates.
+    and counts; with ``"fail"`` the :class:`ImageDecodeError` naming the file propagates. Each
+    unreadable file is warned about once, naming it, however many epochs read it again, and
+    :attr:`unreadable_files` counts them (a number that does not depend on which batches an
+    epoch happened to drop).
     """
 
     def __init__(
@@ -70,9 +73,26 @@ class ImageFileDataset(Dataset):
     ) -> None:
         if on_error not in ("skip", "fail"):
             raise DataError(f"on_error must be 'skip' or 'fail'; got {on_error!r}")
-        self.samples, self.mode, self.transform = samples, mode, transform
+        self.mode, self.transform = mode, transform
         self.on_error, self.max_pixels = on_error, max_pixels
+        self.samples = samples
+
+    @property
+    def samples(self) -> list[tuple[Path, int]]:
+        return self._samples
+
+    @samples.setter
+    def samples(self, samples: list[tuple[Path, int]]) -> None:
+        self._samples = samples
         self.labels = torch.tensor([label for _, label in samples])
+        # Which files failed to decode, in shared memory: the loader's worker processes (new
+        # ones every epoch) mark them here, so a file is warned about once, not once an epoch.
+        self._unreadable = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def unreadable_files(self) -> int:
+        """How many distinct files have failed to decode so far."""
+        return int(self._unreadable.sum())
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -84,7 +104,9 @@ class ImageFileDataset(Dataset):
         except ImageDecodeError as e:
             if self.on_error == "fail":
                 raise
-            log.warning("skipping unreadable image: %s", e)
+            if not self._unreadable[i]:
+                self._unreadable[i] = True
+                log.warning("skipping unreadable image (left out of every epoch): %s", e)
             return None
         return (self.transform(image) if self.transform else image), label
 
@@ -196,7 +218,7 @@ def load_mnist(
             files = [f"{s}.gz" for v in IDX_FILES.values() for s in v[:2]]
             raise DataError(
                 f"{name} files not found in {data_dir}: place the official {', '.join(files)} "
-                "there (gz or uncompressed), or pass --download when online"
+                "there (gz or uncompressed), or pass --download (download=True) when online"
             )
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         for path, arr, ndim in ((paths[0], images, 3), (paths[1], labels, 1)):
@@ -285,7 +307,8 @@ def load_cifar(
     if missing:
         raise DataError(
             f"CIFAR-{num_classes} files {missing} not found in {data_dir}: extract the official "
-            f"cifar-{num_classes}-python.tar.gz there (giving {folder}/), or pass --download when online"
+            f"cifar-{num_classes}-python.tar.gz there (giving {folder}/), or pass --download "
+            "(download=True) when online"
         )
     meta = read_cifar_batch(data_dir / meta_file)
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(names_key, [])]
@@ -424,7 +447,9 @@ def load_dataset(
     if name == "digits":
         return load_digits(seed=0)  # the split stays fixed whatever the training seed
     if data_dir is None:
-        raise DataError(f"data set {name!r} needs --data-dir PATH (the folder with its files)")
+        raise DataError(
+            f"data set {name!r} needs --data-dir PATH (data_dir=PATH): the folder with its files"
+        )
     if name in ("mnist", "fashion-mnist"):
         return load_mnist(data_dir, fashion=name == "fashion-mnist", download=download)
     if name in ("cifar10", "cifar100"):

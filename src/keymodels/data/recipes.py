@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError, reject_unknown_fields, unknown_name
+from ..errors import InvalidInputError, check_number, reject_unknown_fields, unknown_name
 from ..registry import list_models
 from .transforms import Augment
 
@@ -51,10 +51,18 @@ class Recipe:
             raise InvalidInputError(
                 f"img_size must be >= 1 pixel (or None: the model's); got {self.img_size}"
             )
-        if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise InvalidInputError("lr must be > 0; min_lr, warmup_epochs, weight_decay >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema < 1.0:
-            raise InvalidInputError("label_smoothing and ema must be in [0, 1)")
+        # Checked here, not after training starts: a NaN or infinite lr only shows as a
+        # non-finite loss at the first step, answered with a misleading resume hint.
+        check_number("lr", self.lr, low=0.0, low_open=True)
+        for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad"):
+            check_number(name, getattr(self, name), low=0.0)
+        for name in ("label_smoothing", "ema"):
+            check_number(name, getattr(self, name), low=0.0, high=1.0)
+        check_number("val_fraction", self.val_fraction, low=0.0, high=1.0, low_open=True)
+        if self.workers < 0:
+            raise InvalidInputError(
+                f"workers must be >= 0 (0: load in the main process); got {self.workers}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidInputError, reject_unknown_fields
+from ..errors import InvalidInputError, check_number, reject_unknown_fields
 from ..runguard import NonFiniteGuard
 from .data import SYNTHETIC_TASKS, TASKS
 
@@ -65,9 +65,21 @@ class TrainConfig:
         NonFiniteGuard(self.on_nonfinite)  # validates the policy
         if self.schedule not in SCHEDULES:
             raise InvalidInputError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "max_len"):
+        for name in ("epochs", "batch_size", "max_len", "train_size", "val_size", "min_len",
+                     "synthetic_max_len", "num_symbols", "val_beam"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        # Checked here, not after training starts: a NaN or infinite lr only shows as a
+        # non-finite loss at the first step, answered with a misleading resume hint.
+        check_number("lr", self.lr, low=0.0, low_open=True)
+        check_number("clip", self.clip, low=0.0)
+        check_number("label_smoothing", self.label_smoothing, low=0.0, high=1.0)
+        if self.max_minutes is not None:
+            check_number("max_minutes", self.max_minutes, low=0.0, low_open=True)
+        if self.num_workers < 0:
+            raise InvalidInputError(
+                f"num_workers must be >= 0 (0: load in the main process); got {self.num_workers}"
+            )
 
     @property
     def synthetic(self) -> bool:

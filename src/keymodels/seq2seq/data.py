@@ -252,7 +252,8 @@ class TranslationDataset(Dataset):
                 if too_long == "error":
                     raise InvalidInputError(
                         f"pair {i} has {len(s)} source / {len(t)} target tokens, more than "
-                        f"max_len={max_len}; raise --max-len or choose truncation"
+                        f"max_len={max_len}; raise --max-len (max_len) or pass --too-long truncate "
+                        "(too_long='truncate')"
                     )
                 if too_long == "drop":
                     continue

@@ -247,7 +247,8 @@ def attention_heatmap(
         from ..errors import InvalidInputError
 
         raise InvalidInputError(
-            "this model has no attention (trained with --attention none); nothing to show"
+            "this model has no attention: it was trained with --attention none "
+            "(attention='none'); nothing to show"
         )
     src = [*t.source_tokens, "<eos>"]
     tgt = t.tokens + (["<eos>"] if t.attention.shape[0] > len(t.tokens) else [])

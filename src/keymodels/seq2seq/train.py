@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import Checkpoint, check_compatible, save_checkpoint
 from ..errors import InvalidInputError
 from ..registry import get_config
-from ..run import Run, lr_factor
+from ..run import Run, check_same_settings, epoch_line, lr_factor
 from ..runguard import NonFiniteGuard, crash_point
 from ..runs import check_vocabularies
 from ..runtime import (
@@ -40,10 +40,18 @@ from .vocab import Vocabulary, detokenize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KIND", "SCHEDULES", "TrainConfig", "evaluate", "train"]
+__all__ = ["KIND", "SCHEDULES", "TrainConfig", "epoch_row_line", "evaluate", "train"]
 
-NONFINITE_HINT = "Lower --lr or keep --clip on, then --resume, or pass --on-nonfinite skip"
-MISMATCH_HINT = "Resume with the model and task it was trained with, or use a new --out folder"
+NONFINITE_HINT = (
+    "Lower --lr (tc.lr) or keep --clip-grad (tc.clip) on, then --resume (resume=True), or pass "
+    "--on-nonfinite skip (tc.on_nonfinite='skip')"
+)
+MISMATCH_HINT = (
+    "Resume with the model and task it was trained with, or use a new --out (out) folder"
+)
+# The TrainConfig fields a resumed run may change: how long to go on, what a NaN loss does, and
+# where the data is (a path, not a setting: the stored one is used).
+RESUME_MAY_CHANGE = ("epochs", "max_minutes", "on_nonfinite", "data_dir")
 
 
 # ---------------------------------------------------------------------------- data
@@ -115,6 +123,15 @@ def sequence_loss(
     )
 
 
+def epoch_row_line(row: dict[str, Any], epochs: int) -> str:
+    """The summary line of an epoch's history ``row`` (as the ViT engine's, see ``epoch_line``)."""
+    metric, key = ("acc", "val_acc") if "val_acc" in row else ("BLEU", "val_bleu")
+    return epoch_line(
+        row["epoch"], epochs, train_loss=row["train_loss"], split="val", loss=row["val_loss"],
+        metric=metric, score=row[key], lr=row["lr"], seconds=row["epoch_s"],
+    )  # fmt: skip
+
+
 def train(
     model_name: str,
     tc: TrainConfig,
@@ -124,6 +141,7 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     precision: str = "auto",
     force: bool = False,
+    max_steps: int | None = None,
     **model_overrides: Any,
 ) -> dict[str, Any]:
     """Train the registered model ``model_name`` (with ``model_overrides``) on ``tc.task``.
@@ -137,18 +155,29 @@ def train(
     keep the faster; a resumed run keeps its choice), "fp32" or "bf16"; weights, optimizer state
     and checkpoints stay fp32, and the choice is written to ``out/precision.json``.
 
+    ``max_steps`` stops after this many optimizer steps in total, a resumed run's earlier ones
+    included (quick trials); the epoch it cuts short is validated and saved as done.
+
     Returns:
-        A summary: the per-epoch history and the best validation score.
+        A summary: the per-epoch history, the best validation score, the epochs and steps done.
 
     Raises:
         TrainingInterrupted: SIGINT or SIGTERM arrived; the step was finished and the state saved
             in ``out/last.safetensors``, from which ``resume=True`` continues exactly.
         NonFiniteLossError: the loss became NaN or infinite (``tc.on_nonfinite="stop"``).
         CheckpointMismatchError: the resumed checkpoint does not fit the model it records.
-        TrainingError: nothing to resume, or a checkpoint that could not be written.
+        TrainingError: nothing to resume, a resume with no epochs left (``tc.epochs`` not above
+            the epochs done) or with a ``tc`` field changed other than ``epochs``,
+            ``max_minutes``, ``on_nonfinite`` and ``data_dir``, or a checkpoint that could not
+            be written.
+        InvalidInputError: ``max_steps`` below 1.
     """
+    if max_steps is not None and max_steps < 1:
+        raise InvalidInputError(f"max_steps must be >= 1 (or None: no limit); got {max_steps}")
     with Run(out, "seq2seq", resume=resume, force=force, budget_minutes=tc.max_minutes) as run:
-        return _train(model_name, tc, run, progress, on_epoch, precision, model_overrides)
+        return _train(
+            model_name, tc, run, progress, on_epoch, precision, max_steps, model_overrides
+        )
 
 
 def _train(
@@ -158,12 +187,18 @@ def _train(
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
     precision: str,
+    max_steps: int | None,
     model_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     ckpt = run.resume(lambda c: c.meta.get("kind") == KIND)
     if ckpt is not None:
         # The data and model come from the checkpoint; only how long to go on may change.
         stored = TrainConfig.from_dict(ckpt.meta["train_config"])
+        check_same_settings(
+            "training config", stored.to_dict(), tc.to_dict(), RESUME_MAY_CHANGE, run.last_path
+        )
+        run.check_more_epochs(tc.epochs)
+        # The stored data_dir stays: the command may run from another folder now.
         tc = dataclasses.replace(
             stored, epochs=tc.epochs, max_minutes=tc.max_minutes, on_nonfinite=tc.on_nonfinite
         )  # a cosine schedule stretches to the new number of epochs
@@ -197,6 +232,7 @@ def _train(
         )
     )
     history: list[dict[str, Any]] = []
+    step = 0  # optimizer steps so far, a resumed run's included
     if ckpt is not None:
         where = str(run.last_path)
         check_vocabularies(model, src_vocab, tgt_vocab, where)
@@ -206,6 +242,7 @@ def _train(
         scheduler.load_state_dict(ckpt.state["scheduler"])
         run.restore_rng()
         history = ckpt.state["history"]
+        step = int(ckpt.state.get("step", 0))  # runs saved before max_steps: counted from here
         # elapsed_s and the --max-minutes budget count the training time before a resume too
         run.credit(history[-1]["elapsed_s"] if history else 0.0)
 
@@ -222,12 +259,14 @@ def _train(
     def checkpoint(epochs: int, **extra: Any) -> Checkpoint:
         """Everything resume needs after ``epochs`` whole epochs (and ``partial``, if given)."""
         state = run.state(
-            epochs, history=history, optimizer=optimizer.state_dict(),
+            epochs, history=history, step=step, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), **extra,
         )  # fmt: skip
         return run_checkpoint(model, src_vocab, tgt_vocab, tc, state)
 
     for epoch in range(run.epoch + 1, tc.epochs + 1):
+        if max_steps is not None and step >= max_steps:
+            break
         t0 = run.clock()
         sums = {"total": 0.0, "tokens": 0, "batches": 0, "nonfinite": 0, "time": 0.0}
         if run.partial:  # finish the epoch a stop interrupted: its running sums, its time
@@ -262,6 +301,7 @@ def _train(
                 if tc.clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
                 optimizer.step()
+                step += 1
                 if tc.schedule == "cosine":
                     scheduler.step()
                 n = int((tgt[:, 1:] != 0).sum())
@@ -269,7 +309,7 @@ def _train(
                 sums["tokens"] += n
                 crash_point("train_step")
             bar.set_postfix(loss=f"{sums['total'] / max(sums['tokens'], 1):.3f}")
-            if run.stop.requested:
+            if run.stop.requested or (max_steps is not None and step >= max_steps):
                 break
         bar.close()
         if run.stop.requested:
@@ -301,16 +341,20 @@ def _train(
         }
         history.append(row)
         run.log(epoch, row)
-        log.info("epoch %d: %s", epoch, row)
+        log.info("%s", epoch_row_line(row, tc.epochs))
         best = run.improved(score)
         run.save(checkpoint(epoch), best=best, where=f"epoch {epoch}")
         if on_epoch is not None:
             on_epoch(row)
+        if max_steps is not None and step >= max_steps:
+            log.info("stopping after epoch %d: max_steps=%d steps done", epoch, max_steps)
+            break
         if epoch < tc.epochs and run.over_budget(next_epoch_s=run.clock() - t0):
             log.info("stopping after epoch %d: the next would exceed %s min", epoch, tc.max_minutes)
             break
     best = run.best if run.best is not None else -math.inf  # -inf: no epoch was trained
-    return {"history": history, "best": best, "out": str(run.out)}
+    return {"history": history, "best": best, "epochs": run.epoch, "steps": step,
+            "out": str(run.out)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -98,7 +98,7 @@ def prepare_source(
         if too_long == "error":
             raise InvalidInputError(
                 f"the sentence has {len(tokens)} tokens, more than this model's maximum of {max_len}; "
-                "shorten it or pass --too-long truncate"
+                "shorten it or pass --too-long truncate (too_long='truncate')"
             )
         log.warning(
             "sentence of %d tokens truncated to the model's maximum of %d", len(tokens), max_len
