@@ -169,6 +169,8 @@ def test_training_timing_leaves_no_trace():
     kept = choose_training_precision("auto", model, loss_fn, previous={**choice.to_dict(),
                                                                        "precision": "bf16"})  # fmt: skip
     assert kept.precision == "bf16" and "kept from the run's start" in kept.reason
+    again = choose_training_precision("auto", model, loss_fn, previous=kept.to_dict())
+    assert again.reason == kept.reason  # a second resume does not nest the reason
     assert (
         choose_training_precision("fp32", model, loss_fn, previous=kept.to_dict()).precision
         == "fp32"

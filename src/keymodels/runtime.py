@@ -259,7 +259,9 @@ def choose_training_precision(
     check_precision(requested)
     if requested == "auto" and previous:
         kept = PrecisionChoice.from_dict(previous)
-        choice = dataclasses.replace(kept, reason=f"kept from the run's start ({kept.reason})")
+        prefix = "kept from the run's start"
+        reason = kept.reason if kept.reason.startswith(prefix) else f"{prefix} ({kept.reason})"
+        choice = dataclasses.replace(kept, reason=reason)  # not nested again at every resume
     else:
         with no_trace(model):
             model.train()
