@@ -467,3 +467,59 @@ def test_multi_head_property(B, T, S, heads, cross, seed):
         if mask[b].any():
             alone, _ = mha(x[b : b + 1], ctx[b : b + 1, mask[b]])
             torch.testing.assert_close(fused[b : b + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+# -- locality self-attention (Lee et al. 2021) ---------------------------------------------------
+
+
+def _lsa(seed: int = 0) -> MultiHeadAttention:
+    torch.manual_seed(seed)
+    mha = MultiHeadAttention(16, num_heads=4, lsa=True).eval()
+    with torch.no_grad():
+        mha.temperature.fill_(0.9)  # away from the default, so a wrong scale would show
+    return mha
+
+
+def test_lsa_fused_and_explicit_paths_agree_and_skip_the_diagonal():
+    mha = _lsa()
+    x = torch.randn(2, 5, 16)
+    fused, none = mha(x)
+    explicit, weights = mha(x, need_weights=True)
+    assert none is None
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    assert torch.equal(weights.diagonal(dim1=-2, dim2=-1), torch.zeros(2, 4, 5))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5))
+    # The reference formula: softmax(τ q kᵀ) with the diagonal at -inf.
+    q, k, _ = mha.qkv(x).view(2, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    scores = 0.9 * q @ k.transpose(-2, -1)
+    scores = scores.masked_fill(torch.eye(5, dtype=torch.bool), float("-inf"))
+    torch.testing.assert_close(weights, scores.softmax(-1))
+
+
+def test_lsa_with_a_padding_mask_agrees_on_both_paths():
+    mha = _lsa(1)
+    x = torch.randn(2, 4, 16)
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    fused, _ = mha(x, mask=mask)
+    explicit, weights = mha(x, mask=mask, need_weights=True)
+    # Sample 1's only allowed key is token 0, masked on its own row: that row is empty (zeros).
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    assert (weights.diagonal(dim1=-2, dim2=-1) == 0).all()
+    assert (weights[:, :, :, 3] == 0).all()
+
+
+def test_lsa_temperature_is_learned_and_starts_at_the_usual_scale():
+    mha = MultiHeadAttention(16, num_heads=4, lsa=True)
+    torch.testing.assert_close(mha.temperature, torch.tensor([0.5]))  # 1/√4
+    out, _ = mha(torch.randn(1, 3, 16))
+    out.sum().backward()
+    assert mha.temperature.grad is not None and mha.temperature.grad.abs() > 0
+    assert MultiHeadAttention(16, num_heads=4).temperature is None
+
+
+def test_lsa_errors():
+    mha = MultiHeadAttention(16, num_heads=4, lsa=True)
+    with pytest.raises(ValueError, match="needs at least 2 tokens; got 1"):
+        mha(torch.randn(1, 1, 16))
+    with pytest.raises(ValueError, match="self-attention only"):
+        mha(torch.randn(1, 3, 16), context=torch.randn(1, 4, 16))

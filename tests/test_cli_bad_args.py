@@ -30,8 +30,12 @@ CASES = [
     ("unknown recipe", ["train", "--recipe", "fashion", "--out", "{tmp}/r"], "unknown recipe 'fashion'. Did you mean 'fashion-mnist'"),
     ("data set files missing", ["train", "--recipe", "fashion-mnist", "--data-dir", "{tmp}/empty", "--out", "{tmp}/r"], "train-images-idx3-ubyte"),
     ("truncated data file", ["train", "--recipe", "fashion-mnist", "--data-dir", "{tmp}/truncated", "--out", "{tmp}/r"], "truncated or corrupt"),
-    ("unknown model name", ["train", "--recipe", "digits", "--model", "vit_tiny_patch16", "--out", "{tmp}/r"], "unknown ViT model 'vit_tiny_patch16'. Did you mean 'vit_tiny_patch16_224'"),
+    ("unknown model name", ["train", "--recipe", "digits", "--model", "vit_tiny_patch16", "--out", "{tmp}/r"], "unknown image-classification model 'vit_tiny_patch16'. Did you mean 'vit_tiny_patch16_224'"),
     ("batch size 0", ["train", "--recipe", "digits", "--batch-size", "0", "--out", "{tmp}/r"], "batch_size must be >= 1; got 0"),
+    ("--train-subset above the training images", ["train", "--recipe", "digits", "--train-subset", "5000", "--out", "{tmp}/subset_run"], "train_subset=5000 (--train-subset) is more than the 1295 training images"),
+    ("--train-subset below the number of classes", ["train", "--recipe", "digits", "--train-subset", "9", "--out", "{tmp}/subset_run"], "fewer than the 10 classes"),
+    ("a validation share that leaves a class without training images", ["train", "--recipe", "imagefolder", "--data-dir", "{tmp}/one_dog", "--out", "{tmp}/subset_run"], "class 'dog' (1 image(s)) would have no training image left"),
+    ("eval of an unknown split", ["eval", "{vit_run}", "--split", "train"], "argument --split: invalid choice: 'train'"),
     ("non-numeric learning rate", ["train", "--recipe", "digits", "--lr", "fast", "--out", "{tmp}/r"], "argument --lr: invalid float value: 'fast'"),
     ("--resume with nothing to resume", ["train", "--recipe", "digits", "--resume", "--out", "{tmp}/none"], "nothing to resume"),
     ("--resume with another model's run", ["train", "--recipe", "digits", "--model", "vit_nano_patch2_8", "--resume", "--out", "{vit_run}"], "holds weights of another model"),
@@ -102,6 +106,10 @@ def _make_inputs(tmp: Path) -> dict[str, str]:
     for name, size in [("train-images-idx3-ubyte.gz", 5000), ("train-labels-idx1-ubyte.gz", 0),
                        ("t10k-images-idx3-ubyte.gz", 0), ("t10k-labels-idx1-ubyte.gz", 0)]:  # fmt: skip
         (tmp / "truncated" / name).write_bytes(gzip.compress(b"\0\0\x08\x03" + bytes(size))[:40])
+    for name, n in (("cat", 4), ("dog", 1)):
+        (tmp / "one_dog" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp / "one_dog" / name / f"{i}.png")
     (tmp / "garbage.bin").write_bytes(b"\x89not an image nor a checkpoint" * 10)
     Image.new("L", (20, 12), 128).save(tmp / "image.png")
 
@@ -175,6 +183,14 @@ def test_bad_arguments_exit_2_with_one_line(inputs, what, argv, message):
     assert len(lines) == 1, err
     assert message.format(**inputs) in lines[0]
     assert "Traceback" not in err
+
+
+def test_data_errors_write_nothing(inputs):
+    for what in ("--train-subset above the training images",
+                 "a validation share that leaves a class without training images"):  # fmt: skip
+        argv = next(c[1] for c in CASES if c[0] == what)
+        assert run_case(argv, inputs)[0] == 2
+    assert not (Path(inputs["tmp"]) / "subset_run").exists()
 
 
 def test_debug_adds_the_traceback(inputs):

@@ -41,9 +41,13 @@ def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -
     diag = sum(res["confusion"][i][i] for i in range(10))
     assert res["accuracy"] == pytest.approx(diag / 360)
     assert set(res["per_class_acc"]) == {str(i) for i in range(10)}
-    # The same number the training run recorded for its best checkpoint.
-    best = json.loads((run_dir / "results.json").read_text())["best_test_acc"]
-    assert res["accuracy"] == pytest.approx(best)
+    # The same numbers the training run recorded for its best checkpoint, on each split.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert res["split"] == "test" and res["accuracy"] == pytest.approx(results["test_acc"])
+    assert main(["eval", str(run_dir), "--split", "val", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    assert val["split"] == "val" and val["n"] == results["split_sizes"]["val"] == 142
+    assert val["accuracy"] == pytest.approx(results["val_acc"])
     assert main(["eval", str(run_dir / "last.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "confusion matrix" in out
@@ -96,7 +100,7 @@ def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "unknown recipe 'cifar'" in err and "cifar10" in err and "digits" in err
     assert main(["train", "--recipe", "digits", "--model", "vit_huge", "--out", str(tmp_path)]) == 2
-    assert "unknown ViT model 'vit_huge'" in capsys.readouterr().err
+    assert "unknown image-classification model 'vit_huge'" in capsys.readouterr().err
     assert main(["train", "--recipe", "fashion-mnist", "--out", str(tmp_path / "y")]) == 2
     assert "needs --data-dir" in capsys.readouterr().err
     bad = tmp_path / "broken.png"

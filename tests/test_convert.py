@@ -543,3 +543,64 @@ def test_cli_convert_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--model" in err
     assert not (tmp_path / "x.pth").exists()
+
+
+# -- small-data variants (conv stem, CCT, SPT + LSA, DeiT distillation) -------------------------
+
+
+def test_timm_distilled_both_ways() -> None:
+    args = dict(SMALL, mlp_ratio=2.0, num_classes=5)
+    ref = randomize(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **args))
+    x = images()
+    model, _ = to_keymodels(ref.state_dict(), "timm", num_heads=4)
+    assert model.config.distilled and model.num_prefix_tokens == 2
+    assert model.config.global_pool == "token"
+    assert_same_logits(model(x), ref(x))
+    back = from_keymodels(model, "timm")
+    assert_identical(back, ref.state_dict())
+    target = randomize(
+        timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **args), seed=3
+    )
+    target.load_state_dict(back)
+    assert_same_logits(target(x), model(x))
+
+
+SMALL_DATA = {
+    "convolutional stem": dict(stem="conv"),
+    "CCT convolutional tokenizer": dict(
+        stem="cct", class_token=False, global_pool="seq", patch_size=4
+    ),
+    "shifted patch tokenization": dict(stem="spt"),
+    "locality self-attention": dict(lsa=True),
+}
+
+
+@pytest.mark.parametrize("feature", SMALL_DATA)
+def test_converters_name_the_feature_they_lack(feature: str, tmp_path: Path) -> None:
+    model = small_keymodels(**SMALL_DATA[feature])
+    for fmt, target in [
+        ("timm", "timm's VisionTransformer"),
+        ("torchvision", "torchvision's VisionTransformer"),
+        ("jax", "the Google"),
+        ("hf", "transformers' ViT"),
+    ]:
+        with pytest.raises(
+            ConversionError, match=rf"{target}.* has no .*{feature}.*save_pretrained"
+        ):
+            dst = tmp_path / ("out.npz" if fmt == "jax" else f"out_{fmt}")
+            save(model, dst if fmt in ("hf", "jax") else tmp_path / "out.safetensors", fmt)
+    # Its keymodels weights alone cannot give the config: a clear error, not a wrong model.
+    with pytest.raises(ConversionError, match="from_pretrained"):
+        to_keymodels(from_keymodels(model, "keymodels") | {}, "timm", num_heads=4)
+    # The keymodels directory keeps everything.
+    save(model, tmp_path / "km", "keymodels")
+    loaded, _ = load(tmp_path / "km", "keymodels")
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_distilled_is_rejected_where_there_is_no_distillation_token(tmp_path: Path) -> None:
+    model = small_keymodels(distilled=True)
+    with pytest.raises(ConversionError, match="transformers' ViT has no distillation token"):
+        from_keymodels(model, "hf")

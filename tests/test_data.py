@@ -31,6 +31,7 @@ from keymodels.data import (
     read_idx,
     train_transform,
 )
+from keymodels.data.datasets import load_cifar
 from keymodels.data.recipes import Recipe
 from keymodels.errors import InvalidInputError
 
@@ -46,12 +47,14 @@ FMNIST_FILES = [
 
 
 def test_fashion_mnist_shapes_counts_labels(shared_data: Path) -> None:
-    splits = load_dataset("fashion-mnist", shared_data / "fashion-mnist")
-    assert splits.train.images.shape == (60000, 1, 28, 28)
+    splits = load_dataset("fashion-mnist", shared_data / "fashion-mnist", val_size=5000)
+    assert splits.train.images.shape == (55000, 1, 28, 28)
+    assert splits.val.images.shape == (5000, 1, 28, 28)
     assert splits.test.images.shape == (10000, 1, 28, 28)
     assert splits.train.images.dtype == torch.uint8
-    # The official files hold exactly 6,000 / 1,000 images per class.
-    assert torch.bincount(splits.train.labels).tolist() == [6000] * 10
+    # The official files hold exactly 6,000 / 1,000 images per class; the hold-out is stratified.
+    assert torch.bincount(splits.train.labels).tolist() == [5500] * 10
+    assert torch.bincount(splits.val.labels).tolist() == [500] * 10
     assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
     assert splits.classes[0] == "T-shirt/top" and splits.classes[9] == "Ankle boot"
     image, label = splits.test[0]
@@ -84,12 +87,40 @@ def test_truncated_raw_idx_names_expected_size(shared_data: Path, tmp_path: Path
         read_idx(path)
 
 
-def test_short_but_consistent_file_names_expected_count(shared_data: Path, tmp_path: Path) -> None:
-    labels = np.zeros(500, np.uint8)
-    short = gzip.compress(struct.pack(">II", 0x801, 500) + labels.tobytes())
-    d = _fmnist_copy(shared_data, tmp_path, {"t10k-labels-idx1-ubyte.gz": short})
-    with pytest.raises(DataError, match=r"t10k-labels.*500 items.*holds 10000"):
-        load_dataset("fashion-mnist", d)
+def _write_idx(folder: Path, split: str, n: int, seed: int = 0) -> None:
+    """Hand-written IDX files: ``n`` random 28×28 images, labels cycling over 0..9."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    (folder / f"{split}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()
+    )
+    (folder / f"{split}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 0x801, n) + labels.tobytes()
+    )
+
+
+def test_small_idx_files_load_with_a_note(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _write_idx(tmp_path, "train", 40)
+    _write_idx(tmp_path, "t10k", 20, seed=1)
+    with caplog.at_level("INFO", logger="keymodels.data.datasets"):
+        splits = load_dataset("mnist", tmp_path, val_size=10)
+    assert len(splits.train) == 30 and len(splits.val) == 10 and len(splits.test) == 20
+    assert torch.bincount(splits.val.labels).tolist() == [1] * 10
+    assert "40 items (the official file holds 60000)" in caplog.text
+    raw = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    assert torch.equal(
+        splits.test.images[:, 0],
+        torch.from_numpy(np.frombuffer(raw[16:], np.uint8)).view(20, 28, 28),
+    )
+    # Images and labels that disagree, and a truncated file, are still refused.
+    _write_idx(tmp_path, "t10k", 19)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw)
+    with pytest.raises(DataError, match=r"holds 20 images but .*t10k-labels-idx1-ubyte 19 labels"):
+        load_dataset("mnist", tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-5])
+    with pytest.raises(DataError, match=r"15,691 bytes .*needs 15,696"):
+        load_dataset("mnist", tmp_path)
 
 
 def test_missing_files_say_what_to_place(tmp_path: Path) -> None:
@@ -121,8 +152,11 @@ def test_idx_labels_out_of_range(tmp_path: Path) -> None:
 
 def test_digits_fixed_split() -> None:
     a, b = load_dataset("digits"), load_dataset("digits", seed=5)
-    assert len(a.train) == 1437 and len(a.test) == 360
-    assert torch.equal(a.test.images, b.test.images)  # the split does not follow the seed
+    assert len(a.train) + len(a.val) == 1437 and len(a.test) == 360
+    assert torch.equal(a.test.images, b.test.images)  # the test split does not follow the seed
+    assert not torch.equal(a.val.images, b.val.images)  # the validation hold-out does
+    assert torch.equal(a.val.images, load_dataset("digits").val.images)  # fixed by it
+    assert torch.bincount(a.val.labels, minlength=10).min() >= 13  # 10% of each class
     assert a.train.images.max() == 255 and a.train.images.dtype == torch.uint8
     assert torch.bincount(a.test.labels).min() >= 35  # stratified
 
@@ -162,7 +196,7 @@ def _write_cifar(root: Path, num_classes: int, n: int = 6, bad_label: bool = Fal
 @pytest.mark.parametrize("num_classes", [10, 100])
 def test_cifar_pickles(tmp_path: Path, num_classes: int) -> None:
     folder = _write_cifar(tmp_path, num_classes)
-    splits = load_dataset(f"cifar{num_classes}", tmp_path)
+    splits = load_cifar(tmp_path, num_classes)  # the raw splits: too few images to hold out
     n_train = 30 if num_classes == 10 else 6
     assert splits.train.images.shape == (n_train, 3, 32, 32) and len(splits.test) == 6
     assert splits.classes[-1] == f"class{num_classes - 1}" and splits.in_chans == 3
@@ -217,9 +251,9 @@ def test_image_folder_split(tmp_path: Path) -> None:
     _tree(tmp_path, {"cat": 10, "dog": 5})
     splits = load_dataset("imagefolder", tmp_path, val_fraction=0.2)
     assert splits.classes == ["cat", "dog"]
-    assert len(splits.test) == 3 and len(splits.train) == 12  # 2 cats + 1 dog held out
-    assert sorted(splits.test.labels.tolist()) == [0, 0, 1]
-    names = {p for p, _ in splits.train.samples} | {p for p, _ in splits.test.samples}
+    assert len(splits.val) == 3 and len(splits.train) == 12  # 2 cats + 1 dog held out
+    assert sorted(splits.val.labels.tolist()) == [0, 0, 1] and splits.test is None
+    names = {p for p, _ in splits.train.samples} | {p for p, _ in splits.val.samples}
     assert len(names) == 15  # disjoint and complete
     image, label = splits.train[0]
     assert image.mode == "RGB" and image.size == (12, 10) and label == 0
@@ -229,8 +263,12 @@ def test_image_folder_train_val_dirs(tmp_path: Path) -> None:
     _tree(tmp_path / "train", {"a": 3, "b": 3})
     _tree(tmp_path / "val", {"b": 2})
     splits = load_dataset("imagefolder", tmp_path, in_chans=1)
-    assert len(splits.train) == 6 and splits.test.labels.tolist() == [1, 1]
-    assert splits.train[0][0].mode == "L"
+    assert len(splits.train) == 6 and splits.val.labels.tolist() == [1, 1]
+    assert splits.test is None and splits.train[0][0].mode == "L"
+    # A test/ folder without val/: validation is held out of train/, test/ is the test split.
+    (tmp_path / "val").rename(tmp_path / "test")
+    splits = load_dataset("imagefolder", tmp_path, val_fraction=0.34)
+    assert len(splits.train) == 4 and len(splits.val) == 2 and splits.test.labels.tolist() == [1, 1]
 
 
 def test_image_folder_empty_or_one_class(tmp_path: Path) -> None:
@@ -253,7 +291,7 @@ def test_corrupt_files_skip_or_fail(tmp_path: Path) -> None:
 
     skip = load_dataset("imagefolder", tmp_path, val_fraction=0.1)
     ds = skip.train
-    ds.samples += skip.test.samples
+    ds.samples += skip.val.samples
     ds.transform = transform
     items = [ds[i] for i in range(len(ds))]
     assert sum(item is None for item in items) == 2
@@ -263,11 +301,11 @@ def test_corrupt_files_skip_or_fail(tmp_path: Path) -> None:
     fail = load_dataset("imagefolder", tmp_path, val_fraction=0.1, on_error="fail")
     bad = next(
         i
-        for i, (p, _) in enumerate(fail.train.samples + fail.test.samples)
+        for i, (p, _) in enumerate(fail.train.samples + fail.val.samples)
         if "garbage" in p.name or "truncated" in p.name
     )
     ds = fail.train
-    ds.samples += fail.test.samples
+    ds.samples += fail.val.samples
     with pytest.raises(ImageDecodeError, match=r"(garbage|truncated)\.png: cannot decode"):
         ds[bad]
 
@@ -391,7 +429,7 @@ def test_recipes_and_errors() -> None:
         get_recipe("fashion_mnist")
     with pytest.raises(
         InvalidInputError,
-        match=r"unknown ViT model 'vit_nope'. Did you mean 'vit_nano_patch2_8'.*Known: vit_base",
+        match=r"unknown image-classification model 'vit_nope'. Did you mean 'vit_nano_patch2_8'.*Known: ",
     ):
         get_recipe("digits", model="vit_nope")
     with pytest.raises(InvalidInputError, match=r"unknown recipe field\(s\) \['epoch'\]"):
@@ -455,7 +493,7 @@ def test_unreadable_files_are_warned_once_each_with_a_stable_count(
         (tmp_path / bad).write_bytes(b"not an image" if "garbage" in bad else b"")
     splits = load_dataset("imagefolder", tmp_path, val_fraction=0.1)
     ds = splits.train
-    ds.samples += splits.test.samples  # both bad files in one data set
+    ds.samples += splits.val.samples  # both bad files in one data set
     ds.transform = eval_transform(8, [0.5] * 3, [0.25] * 3, resize=True)
     with caplog.at_level("WARNING", logger="keymodels.data.datasets"):
         for _ in range(3):  # three epochs read every file
@@ -467,7 +505,7 @@ def test_unreadable_files_are_warned_once_each_with_a_stable_count(
 
     # Loader workers (new processes every epoch) share what they found: still 2 files.
     fresh = load_dataset("imagefolder", tmp_path, val_fraction=0.1).train
-    fresh.samples += splits.test.samples
+    fresh.samples += splits.val.samples
     fresh.transform = ds.transform
     loader = torch.utils.data.DataLoader(
         fresh, batch_size=4, num_workers=2, collate_fn=collate_skip
@@ -475,3 +513,28 @@ def test_unreadable_files_are_warned_once_each_with_a_stable_count(
     for _ in range(2):
         assert sum(skipped for _, _, skipped in loader) == 2
     assert fresh.unreadable_files == 2
+
+
+# -- validation hold-out and training subsets ---------------------------------------------------
+
+
+def test_train_subset_is_stratified_seeded_and_after_the_hold_out() -> None:
+    full = load_dataset("digits")
+    a = load_dataset("digits", train_subset=50)
+    b = load_dataset("digits", train_subset=50, seed=3)
+    assert len(a.train) == 50 and torch.bincount(a.train.labels).tolist() == [5] * 10
+    assert torch.equal(a.val.images, full.val.images)  # the subset leaves validation alone
+    assert not torch.equal(a.train.images, b.train.images)
+    assert torch.equal(a.train.images, load_dataset("digits", train_subset=50).train.images)
+
+
+def test_split_errors_name_numbers_and_classes(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"train_subset=5000 .*more than the 1295 training"):
+        load_dataset("digits", train_subset=5000)
+    with pytest.raises(DataError, match=r"train_subset=9 .*fewer than the 10 classes"):
+        load_dataset("digits", train_subset=9)
+    _tree(tmp_path, {"cat": 10, "dog": 1})
+    with pytest.raises(DataError, match=r"class 'dog' \(1 image\(s\)\) would have no training"):
+        load_dataset("imagefolder", tmp_path)
+    with pytest.raises(DataError, match=r"class 'dog' \(1 image\(s\)\) would have no validation"):
+        load_dataset("imagefolder", tmp_path, val_size=2)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from keymodels import explain as ex
 from keymodels.errors import InvalidInputError
@@ -468,3 +469,70 @@ def test_rollout_of_a_trained_vit_looks_at_the_quadrant_that_sets_the_class(one_
         a, b = (m - m.mean(1, keepdim=True) for m in maps)
         r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
         assert r.min() >= 0.99, f"{method}: bf16 maps correlate at r = {r.min():.3f} with fp32"
+
+
+# -- small-data variants: what the head pools decides the row that is read -------------------------
+
+
+def _np_maps(attentions, queries, prefix, grid):
+    """Rollout with the given readout row per sample (mean head fusion, no discard)."""
+    weights = [w.double().numpy() for w in attentions]
+    maps = []
+    for b in range(weights[0].shape[0]):
+        fused = [w[b].mean(axis=0) for w in weights]
+        maps.append(np_to_grid(np_rollout_fused(fused, queries[b]), prefix, grid))
+    return np.stack(maps)
+
+
+def test_seq_pool_rollout_weights_the_rows_by_the_pooling_softmax():
+    model = toy_model(stem="cct", class_token=False, global_pool="seq", qkv_bias=False)
+    images = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        _, attentions, readout = model.forward_attention(images, return_readout=True)
+        tokens = model.forward_features(images)
+        pool = model.attn_pool.attention_pool(tokens).squeeze(-1).softmax(-1)
+    torch.testing.assert_close(readout, pool)
+    assert not torch.allclose(readout, torch.full_like(readout, 1 / 6))  # not just the mean
+    want = _np_maps(attentions, readout.double().numpy(), 0, (2, 3))
+    for method in ("rollout", "heads"):
+        got = ex.explain(model, images, method).maps
+        assert got.shape == (2, 2, 3)
+    got = ex.explain(model, images, "rollout").maps
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5)
+    assert ex.explain(model, images, "grad-rollout").maps.shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="pass the model's pooling weights"):
+        ex.rollout(attentions, (2, 3), 0, "seq")
+
+
+def test_distilled_rollout_reads_the_mean_of_the_class_and_distillation_rows():
+    model = toy_model(distilled=True)
+    images = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        _, attentions = model.forward_attention(images)
+    q = np.zeros(8)
+    q[:2] = 0.5
+    want = _np_maps(attentions, [q, q], 2, (2, 3))
+    got = ex.explain(model, images, "rollout").maps
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5)
+
+
+def test_cct_maps_use_the_tokenizers_grid():
+    from keymodels.registry import create_model
+
+    model = create_model("cct_2_3x1_8").eval()  # 8×8 image, one max-pool: a 4×4 grid
+    e = ex.explain(model, torch.randn(1, 1, 8, 8), "rollout")
+    assert e.maps.shape == (1, 4, 4)
+    torch.testing.assert_close(e.maps.sum(dim=(1, 2)), torch.ones(1))
+
+
+def test_lsa_model_rollout_works():
+    model = toy_model(stem="spt", lsa=True)
+    e = ex.explain(model, torch.randn(2, 1, 4, 6), "rollout")
+    assert e.maps.shape == (2, 2, 3) and torch.isfinite(e.maps).all()
+
+
+def test_a_model_without_attention_is_a_clear_error():
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    for method in ex.METHODS:
+        with pytest.raises(InvalidInputError, match="Sequential has no attention to explain"):
+            ex.explain(cnn, torch.randn(1, 1, 8, 8), method)

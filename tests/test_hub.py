@@ -186,3 +186,27 @@ def test_load_for_inference_names_what_a_folder_lacks(
     )
     _, info = load_for_inference(tmp_path / "full")
     assert info["missing"] == [] and info["mean"] == [0.2] and info["std"] == [0.3]
+
+
+def test_resnet_round_trips_through_a_folder_and_the_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keymodels import ResNet
+    from keymodels.hub import load_for_inference
+
+    model = create_model("resnet10_28").eval()
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
+    x = torch.randn(2, 1, 28, 28)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _cache_repo(tmp_path, "someone/tiny-resnet", model)
+    loaded = from_pretrained("someone/tiny-resnet", cache_dir=str(tmp_path))
+    assert isinstance(loaded, ResNet) and torch.equal(loaded(x), model(x))
+    save_pretrained(model, tmp_path / "m", [str(i) for i in range(10)], {"mean": [0.2], "std": [1]})
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "keymodels_resnet"
+    again, info = load_for_inference(tmp_path / "m")
+    assert torch.equal(again(x), model(x)) and info["img_size"] == [28, 28]
+    assert info["missing"] == [] and info["in_chans"] == 1

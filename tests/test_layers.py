@@ -79,3 +79,32 @@ def test_patch_embed_errors():
     with pytest.raises(ValueError, match=r"an int or a \(height, width\) pair; got \(1, 2, 3\)"):
         to_2tuple((1, 2, 3))
     assert to_2tuple(3) == (3, 3) and to_2tuple([2, 5]) == (2, 5)
+
+
+def test_small_data_stems_keep_the_patch_grid():
+    from keymodels.layers import CCTTokenizer, ConvStem, ShiftedPatchTokenization
+
+    x = torch.randn(2, 3, 32, 32)
+    for stem in (ConvStem, CCTTokenizer, ShiftedPatchTokenization):
+        embed = stem(32, 4, 3, 48)
+        assert embed.grid_size == (8, 8)
+        assert embed(x).shape == (2, 64, 48)
+        assert embed(x, flatten=False).shape == (2, 8, 8, 48)
+
+
+def test_conv_stems_need_a_power_of_two():
+    from keymodels.layers import CCTTokenizer, ConvStem
+
+    for stem in (ConvStem, CCTTokenizer):
+        with pytest.raises(ValueError, match="power of two >= 2"):
+            stem(36, 6, 3, 48)
+
+
+def test_seq_pool_weights_sum_to_one():
+    from keymodels.layers import SeqPool
+
+    pool = SeqPool(8)
+    x = torch.randn(3, 5, 8)
+    w = pool.weights(x)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    torch.testing.assert_close(pool(x), (w.unsqueeze(-1) * x).sum(1))

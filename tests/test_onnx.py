@@ -75,3 +75,23 @@ def test_export_names_the_batch_axis_and_records_preprocessing(tmp_path: Path) -
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"  # not torch's "s77"
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta == {"input_size": [3, 32, 32], "class_names": names, **prep}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vit_fmnist_convstem_patch4_28",
+        "cct_2_3x1_8",
+        "vit_fmnist_spt_lsa_patch4_28",
+        "deit_fmnist_distilled_patch4_28",
+    ],
+)
+def test_small_data_variants_export_with_equal_logits(tmp_path: Path, name: str) -> None:
+    model = create_model(name, depth=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model.eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert check_onnx(model, tmp_path / "m.onnx", batch_sizes=(1, 3)) <= 1e-4

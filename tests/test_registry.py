@@ -74,3 +74,32 @@ def test_unknown_override_field_names_the_valid_ones():
         r".*Did you mean 'depth'\?",
     ):
         get_config("vit_tiny_patch16_224", depht=3)
+
+
+SMALL_DATA_MODELS = {
+    # name: (stem, lsa, distilled, global_pool)
+    "cct_7_3x1_32": ("cct", False, False, "seq"),
+    "cct_2_3x2_32": ("cct", False, False, "seq"),
+    "cct_4_3x2_28": ("cct", False, False, "seq"),
+    "cct_7_3x2_28": ("cct", False, False, "seq"),
+    "cct_2_3x1_8": ("cct", False, False, "seq"),
+    "vit_fmnist_convstem_patch4_28": ("conv", False, False, "avg"),
+    "vit_fmnist_spt_lsa_patch4_28": ("spt", True, False, "avg"),
+    "deit_fmnist_distilled_patch4_28": ("patch", False, True, "token"),
+    "deit_tiny_distilled_patch16_224": ("patch", False, True, "token"),
+}
+
+
+def test_small_data_models_are_registered_with_their_features():
+    assert set(SMALL_DATA_MODELS) <= set(list_models())
+    for name, (stem, lsa, distilled, pool) in SMALL_DATA_MODELS.items():
+        c = get_config(name)
+        assert (c.stem, c.lsa, c.distilled, c.global_pool) == (stem, lsa, distilled, pool), name
+    # The Fashion-MNIST ablation differs from vit_fmnist_patch4_28 only in the idea it adds.
+    base = get_config("vit_fmnist_patch4_28")
+    for name in ("vit_fmnist_convstem_patch4_28", "vit_fmnist_spt_lsa_patch4_28"):
+        c = get_config(name)
+        assert dataclasses.replace(c, stem="patch", lsa=False) == base
+    deit = get_config("deit_fmnist_distilled_patch4_28")
+    assert dataclasses.replace(deit, distilled=False, class_token=False, global_pool="avg") == base
+    assert create_model("cct_2_3x1_8").config.grid_size == (4, 4)

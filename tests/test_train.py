@@ -17,6 +17,7 @@ import keymodels.seq2seq.train as seq2seq_train_module
 import keymodels.train as train_module
 from keymodels.checkpoint import CheckpointMismatchError, load_checkpoint
 from keymodels.data import get_recipe, load_dataset, preprocess_images
+from keymodels.errors import InvalidInputError
 from keymodels.registry import create_model
 from keymodels.run import TrainingError, lr_factor
 from keymodels.runs import evaluate, load_vit
@@ -76,6 +77,7 @@ def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0] - 0.15, losses  # 2.28 -> 1.92 when measured
     assert result.results["test_acc"] > 0.25  # chance is 0.1; 0.41 when measured
+    assert result.results["val_acc"] == result.best_val_acc > 0.25
     for name in ("last.safetensors", "best.safetensors", "metrics.csv", "train_curves.png",
                  "confusion_matrix.png", "results.json", "recipe.json"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
@@ -190,7 +192,7 @@ def test_resume_refuses_no_more_epochs_and_a_changed_recipe(
     assert recipe["lr"] == 0.01 and recipe["epochs"] == 2
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 2/2:")]
     assert len(lines) == 1 and re.fullmatch(
-        r"epoch 2/2: train loss [\d.]+, test loss [\d.]+, test acc [\d.]+%, lr \S+, [\d.]+ s, "
+        r"epoch 2/2: train loss [\d.]+, val loss [\d.]+, val acc [\d.]+%, lr \S+, [\d.]+ s, "
         r"\d+ img/s",
         lines[0],
     ), lines
@@ -212,12 +214,12 @@ def test_non_finite_loss_stops_and_keeps_last_good(
     def exploding(logits, targets, label_smoothing):
         calls.append(1)
         loss = real(logits, targets, label_smoothing)
-        return loss * float("nan") if len(calls) > 13 else loss  # epoch 2 (11 steps an epoch)
+        return loss * float("nan") if len(calls) > 13 else loss  # epoch 2 (10 steps an epoch)
 
     monkeypatch.setattr(train_module, "compute_loss", exploding)
     with pytest.raises(
         NonFiniteLossError,
-        match=r"loss became nan at step 3 of epoch 2/3.*last\.safetensors \(epoch 1\) is kept",
+        match=r"loss became nan at step 4 of epoch 2/3.*last\.safetensors \(epoch 1\) is kept",
     ):
         train(tiny_recipe(epochs=3), tmp_path, progress=False)
     ckpt = load_checkpoint(tmp_path / "last.safetensors")
@@ -246,3 +248,117 @@ def test_full_disk_keeps_previous_checkpoint(
         train(tiny_recipe(), tmp_path, progress=False)
     assert load_checkpoint(tmp_path / "last.safetensors").state["epoch"] == 1
     assert sorted(p.name for p in tmp_path.glob(".*tmp")) == []  # no half-written file left
+
+
+# -- honest model selection, your own data ------------------------------------------------------
+
+
+def _toy_data(n: int, seed: int, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes of 8×8 grey images: class 1 bright on the left half, class 0 on the right;
+    ``flip`` swaps which class is which (a split that disagrees with training)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.rand(n, 1, 8, 8, generator=g) * 0.2
+    left = labels.bool() ^ flip
+    images[left, :, :, :4] += 0.8
+    images[~left, :, :, 4:] += 0.8
+    return images, labels
+
+
+def test_best_checkpoint_is_chosen_on_val_and_test_evaluated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test split's labels are flipped: the better the model, the worse its test accuracy,
+    # so a run that picked best.safetensors on test would pick another epoch than val does.
+    train_x, train_y = _toy_data(64, 0)
+    val, test = _toy_data(32, 1), _toy_data(24, 2, flip=True)
+    evaluated = []
+    real = train_module.evaluate
+
+    def counting(model, loader, *args, **kwargs):
+        evaluated.append(len(loader.dataset))
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", counting)
+    recipe = tiny_recipe(epochs=4, batch_size=16, lr=3e-3, label_smoothing=0.0)
+    result = train(recipe, tmp_path, data=((train_x, train_y), val, test), progress=False)
+    # Four epochs on val (32 images each), then val and test (24) once with the best weights.
+    assert evaluated == [32] * 5 + [24]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val_acc" in header and "val_loss" in header
+    assert not any(c.startswith("test") for c in header)
+    accs = [h["val_acc"] for h in result.history]
+    best_epoch = accs.index(max(accs)) + 1
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["best_epoch"] == best_epoch and r["val_acc"] == pytest.approx(max(accs))
+    assert r["dataset"] == "custom" and r["class_names"] == ["0", "1"]
+    assert result.best_val_acc == max(accs) and result.test_acc == r["test_acc"]
+    meta = load_checkpoint(tmp_path / "best.safetensors").meta
+    assert meta["eval_split"] == "val" and meta["val_acc"] == max(accs)
+    assert meta["epoch"] == best_epoch and meta["recipe"]["dataset"] == "custom"
+
+
+class _Pairs(torch.utils.data.Dataset):
+    classes = ("left", "right")
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return (self.images[i] * 255).round().to(torch.uint8), int(self.labels[i])
+
+
+def test_custom_datasets_without_test_and_their_errors(tmp_path: Path) -> None:
+    train_ds, val_ds = _Pairs(*_toy_data(64, 0)), _Pairs(*_toy_data(16, 1))
+    recipe = tiny_recipe(epochs=1, batch_size=16)
+    result = train(recipe, tmp_path / "ok", data=(train_ds, val_ds), progress=False)
+    r = result.results
+    assert r["class_names"] == ["left", "right"] and r["test_acc"] is None and "note" in r
+    assert r["split_sizes"] == {"train": 64, "val": 16, "test": None}
+    colour = (torch.rand(8, 3, 8, 8), torch.arange(8) % 2)
+    with pytest.raises(train_module.DataError, match=r"val images are \[C, H, W\] = \[3, 8, 8\]"):
+        train(recipe, tmp_path / "bad", data=(train_ds, colour), progress=False)
+    with pytest.raises(train_module.DataError, match=r"\(train, val\) or \(train, val, test\)"):
+        train(recipe, tmp_path / "bad", data=(train_ds,), progress=False)
+    assert not (tmp_path / "bad").exists()  # a data error writes nothing
+
+
+def test_train_subset_and_split_errors_write_nothing(tmp_path: Path) -> None:
+    result = train(tiny_recipe(epochs=1, batch_size=16, train_subset=40), tmp_path / "few",
+                   max_steps=1, progress=False)  # fmt: skip
+    assert result.results["split_sizes"]["train"] == 40
+    with pytest.raises(train_module.DataError, match=r"train_subset=9 .*10 classes"):
+        train(tiny_recipe(train_subset=9), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_resume_of_a_run_without_a_val_split_is_refused(tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=1, batch_size=64)
+    train(recipe, tmp_path, max_steps=1, progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    ckpt.meta["eval_split"] = "test"  # as runs before validation splits
+    checkpoint_module.save_checkpoint(tmp_path / "last.safetensors", ckpt)
+    with pytest.raises(TrainingError, match=r"before validation splits.*new --out"):
+        train(tiny_recipe(epochs=2, batch_size=64), tmp_path, resume=True, progress=False)
+
+
+def test_any_registered_classifier_trains_through_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = []
+    real = train_module.create_model
+
+    def spy(name, **overrides):
+        built.append((name, overrides))
+        return real(name, **overrides)
+
+    monkeypatch.setattr(train_module, "create_model", spy)
+    recipe = get_recipe("digits", model="cct_2_3x1_8", epochs=1, batch_size=64)
+    result = train(recipe, tmp_path, max_steps=1, progress=False)
+    assert built == [("cct_2_3x1_8", {"img_size": (8, 8), "in_chans": 1, "num_classes": 10})]
+    assert result.results["model"] == "cct_2_3x1_8" and result.epochs_done == 1
+    with pytest.raises(InvalidInputError, match="unknown image-classification model 'cnn_x'"):
+        get_recipe("digits", model="cnn_x")

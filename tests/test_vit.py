@@ -18,6 +18,12 @@ from keymodels.registry import create_model, get_config, list_models
 from keymodels.vit import VisionTransformer, ViTConfig
 
 VIT_MODELS = list_models("vit_*")
+# Every registered ViTConfig (plain ViTs and the small-data variants: conv stem, CCT, SPT/LSA, DeiT).
+ALL_VIT_MODELS = [n for n in list_models() if isinstance(get_config(n), ViTConfig)]
+# Those timm's plain VisionTransformer builds (the others: their own tests below).
+TIMM_PLAIN = [
+    n for n in ALL_VIT_MODELS if (c := get_config(n)).stem == "patch" and not (c.lsa or c.distilled)
+]
 BIG = 30e6  # above this many parameters a config is checked with depth=1 and a small image
 
 # The published sizes (timm, and the ViT / DeiT papers: 5.7M, 22.1M, 86.6M, 304M).
@@ -82,7 +88,7 @@ def small_overrides(name: str) -> dict:
 # -- every registered config -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", VIT_MODELS)
+@pytest.mark.parametrize("name", TIMM_PLAIN)
 def test_config_matches_timm_layout_and_param_count(name):
     config = get_config(name)
     with torch.device("meta"):
@@ -114,7 +120,7 @@ def test_published_configs_are_registered():
     assert grey28 and colour32
 
 
-@pytest.mark.parametrize("name", VIT_MODELS)
+@pytest.mark.parametrize("name", ALL_VIT_MODELS)
 def test_registered_config_forward_backward_round_trip(name, tmp_path):
     overrides = small_overrides(name)
     torch.manual_seed(0)
@@ -123,6 +129,8 @@ def test_registered_config_forward_backward_round_trip(name, tmp_path):
     # The head starts at zero, as in the reference: without random weights there, nothing
     # upstream would get a gradient.
     nn.init.normal_(model.head.weight, std=0.02)
+    if config.distilled:
+        nn.init.normal_(model.head_dist.weight, std=0.02)
     x = images(config)
     B, (gh, gw) = x.shape[0], config.grid_size
     N, D, H = gh * gw + config.num_prefix_tokens, config.embed_dim, config.num_heads
@@ -148,6 +156,8 @@ def test_registered_config_forward_backward_round_trip(name, tmp_path):
     for a in attentions:
         assert a.shape == (B, H, N, N)
         torch.testing.assert_close(a.sum(-1), torch.ones(B, H, N))
+        if config.lsa:  # a token never attends to itself
+            assert (a.diagonal(dim1=-2, dim2=-1) == 0).all()
 
     path = tmp_path / "model.safetensors"
     save_file(model.state_dict(), str(path))
@@ -171,6 +181,11 @@ def test_flops_match_a_counted_forward():
         ("vit_nano_patch4_28", {}),
         ("vit_tiny_patch4_32", {"depth": 2}),
         ("vit_small_patch16_224", {"depth": 1, "img_size": 64}),
+        ("cct_2_3x2_32", {}),
+        ("cct_2_3x1_8", {}),
+        ("vit_fmnist_convstem_patch4_28", {"depth": 1}),
+        ("vit_fmnist_spt_lsa_patch4_28", {"depth": 1}),
+        ("deit_fmnist_distilled_patch4_28", {"depth": 1}),
     ]:
         config = get_config(name, **overrides)
         model = VisionTransformer(config).eval()
@@ -379,3 +394,175 @@ def test_bad_images_are_a_clear_error():
     assert dynamic(torch.randn(1, 3, 36, 24)).shape == (1, 10)
     with pytest.raises(ValueError, match=r"34×32 pixels is not divisible by patch size 4×4.*32×32"):
         dynamic(torch.randn(1, 3, 34, 32))
+
+
+# -- small-data variants: conv stem, CCT, SPT + LSA, DeiT distillation ---------------------------
+
+# The CCT paper's CIFAR-10 models (Hassani et al. 2021, Table 2 / SHI-Labs/Compact-Transformers).
+CCT_PAPER_PARAMS = {"cct_7_3x1_32": 3_760_139, "cct_2_3x2_32": 283_723}
+
+
+@pytest.mark.parametrize(("name", "expected"), CCT_PAPER_PARAMS.items())
+def test_cct_parameter_counts_match_the_paper(name, expected):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert n_params(model) == expected
+    assert round(expected / 1e6, 2) in (3.76, 0.28)
+
+
+def test_cct_tokenizer_layout_and_grid():
+    model = create_model("cct_2_3x2_32")
+    convs = [m for m in model.patch_embed.proj if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 128)]
+    assert all(c.bias is None and c.kernel_size == (3, 3) and c.stride == (1, 1) for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.patch_embed.proj) == 2
+    assert model.grid_size == (8, 8) and model.cls_token is None
+    assert model.blocks[0].attn.qkv.bias is None
+    assert create_model("cct_7_3x1_32", depth=1).grid_size == (16, 16)
+    assert create_model("cct_4_3x2_28", depth=1).grid_size == (7, 7)
+
+
+def test_seq_pool_is_the_softmax_weighted_sum():
+    model = randomize(create_model("cct_2_3x1_8")).eval()
+    x = images(model.config)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        w = model.attn_pool.attention_pool(tokens).softmax(dim=1)  # [B, N, 1]
+        pooled = (w * tokens).sum(dim=1)
+        torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), pooled)
+        torch.testing.assert_close(model.readout(tokens), w.squeeze(-1))
+
+
+def test_conv_stem_layout():
+    model = create_model("vit_fmnist_convstem_patch4_28")
+    convs = [m for m in model.patch_embed.proj if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride) for c in convs] == [((3, 3), (2, 2))] * 2 + [((1, 1), (1, 1))]
+    assert convs[-1].out_channels == 96 and convs[-2].out_channels == 96
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.patch_embed.proj) == 2
+    assert model.patch_embed(torch.randn(1, 1, 28, 28)).shape == (1, 49, 96)
+
+
+def test_spt_shifts_diagonally_with_zero_fill():
+    model = create_model("vit_fmnist_spt_lsa_patch4_28")
+    spt = model.patch_embed
+    x = torch.arange(1.0, 1 + 28 * 28).reshape(1, 1, 28, 28)
+    shifted = spt.shifted(x)  # [1, 5, 28, 28]: x, left-up, right-up, left-down, right-down
+    assert shifted.shape == (1, 5, 28, 28) and torch.equal(shifted[:, 0], x[:, 0])
+    s = 2  # half of the 4-pixel patch
+    # left-up: the content moves down-right by s; the top rows and left columns are zero.
+    assert torch.equal(shifted[0, 1, s:, s:], x[0, 0, :-s, :-s])
+    assert (shifted[0, 1, :s] == 0).all() and (shifted[0, 1, :, :s] == 0).all()
+    assert torch.equal(shifted[0, 4, :-s, :-s], x[0, 0, s:, s:])
+    assert (shifted[0, 4, -s:] == 0).all()
+    assert spt.norm.normalized_shape == (5 * 16,) and spt.linear.out_features == 96
+
+
+def test_lsa_blocks_have_a_learned_temperature():
+    model = create_model("vit_fmnist_spt_lsa_patch4_28")
+    for block in model.blocks:
+        torch.testing.assert_close(block.attn.temperature, torch.tensor([24**-0.5]))
+    assert create_model("vit_fmnist_patch4_28").blocks[0].attn.temperature is None
+
+
+def _timm_distilled(model: VisionTransformer):
+    from timm.models.deit import VisionTransformerDistilled
+
+    kwargs = timm_kwargs(model.config)
+    ref = VisionTransformerDistilled(**kwargs)
+    ref.load_state_dict(model.state_dict(), strict=True)
+    return ref
+
+
+def test_deit_distilled_matches_timm():
+    torch.manual_seed(0)
+    model = randomize(create_model("deit_tiny_distilled_patch16_224", depth=2)).eval()
+    ref = _timm_distilled(model).eval()
+    names = {k: tuple(v.shape) for k, v in timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, depth=2
+    ).state_dict().items()}  # fmt: skip
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == names
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max().item() <= 1e-4
+    model.train(), ref.train()
+    model.set_distilled_training(), ref.set_distilled_training()
+    with torch.no_grad():
+        (cls, dist), (rcls, rdist) = model(x), ref(x)
+    assert (cls - rcls).abs().max() <= 1e-4 and (dist - rdist).abs().max() <= 1e-4
+    assert not torch.allclose(cls, dist)
+
+
+def test_deit_full_size_parameter_count():
+    with torch.device("meta"):
+        ours = create_model("deit_tiny_distilled_patch16_224")
+        ref = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+    assert n_params(ours) == n_params(ref) == 5_910_800
+
+
+def test_distilled_heads_average_unless_distilled_training():
+    model = randomize(create_model("deit_fmnist_distilled_patch4_28"))
+    assert model.num_prefix_tokens == 2 and not model.distilled_training
+    x = images(model.config)
+    model.train()
+    assert model(x).shape == (2, 10)  # training, but distilled_training off: the mean
+    model.set_distilled_training(True)
+    cls, dist = model(x)
+    assert cls.shape == dist.shape == (2, 10) and not torch.allclose(cls, dist)
+    model.eval()
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(
+            model(x), (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2
+        )
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.head_dist.out_features == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"stem": "resnet"},
+            r"stem must be one of \('patch', 'conv', 'cct', 'spt'\); got 'resnet'",
+        ),
+        ({"stem": "cct", "patch_size": 6, "img_size": 36}, "patch_size must be 2\\*\\*layers"),
+        (
+            {"stem": "cct", "patch_size": 4, "img_size": 30},
+            "30×30 is not divisible by patch_size 4",
+        ),
+        ({"stem": "conv", "patch_size": 1, "img_size": 8}, "patch_size must be 2\\*\\*layers"),
+        ({"global_pool": "seq"}, "global_pool='seq' pools all tokens itself"),
+        ({"distilled": True, "class_token": False, "global_pool": "avg"}, "distilled=True"),
+        ({"distilled": True, "global_pool": "avg"}, "distilled=True reads the class"),
+        ({"distilled": True, "fc_norm": True}, "no pre-logits layer and no fc_norm"),
+        (
+            {"lsa": True, "img_size": 16, "class_token": False, "global_pool": "avg"},
+            "lsa=True .* at least 2 tokens",
+        ),
+        ({"stem": "spt", "patch_size": 1, "img_size": 8}, "patch_size must be >= 2"),
+    ],
+)
+def test_bad_small_data_config_is_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ViTConfig(**overrides)
+
+
+def test_small_data_configs_survive_save_and_from_pretrained(tmp_path):
+    from keymodels import from_pretrained
+
+    for name in ("cct_2_3x1_8", "vit_fmnist_spt_lsa_patch4_28", "deit_fmnist_distilled_patch4_28"):
+        model = randomize(create_model(name)).eval()
+        model.save_pretrained(str(tmp_path / name))
+        loaded = from_pretrained(str(tmp_path / name)).eval()
+        assert loaded.config.to_dict() == model.config.to_dict()
+        x = images(model.config)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+
+
+def test_small_data_dynamic_img_size():
+    for name in ("cct_2_3x1_8", "vit_fmnist_convstem_patch4_28", "vit_fmnist_spt_lsa_patch4_28"):
+        model = create_model(name, dynamic_img_size=True).eval()
+        c = model.config
+        with torch.no_grad():
+            assert model(torch.randn(1, c.in_chans, 2 * c.img_size, c.img_size)).shape == (1, 10)

@@ -1,9 +1,11 @@
-"""keymodels: the key attention models (RNN seq2seq with attention, Vision Transformer) in PyTorch.
+"""keymodels: the key attention models (RNN seq2seq with attention, Vision Transformer) in PyTorch,
+and a small ResNet to distil them from.
 
 ``create_model(name)`` builds any registered config; ``list_models()`` names them.
 """
 
 from .attention import Attention, MultiHeadAttention, attend, attention_scores
+from .cnn import ResNet, ResNetConfig
 from .errors import InvalidInputError, KeymodelsError
 from .hub import from_pretrained
 from .registry import create_model, get_config, list_models
@@ -18,6 +20,8 @@ __all__ = [
     "InvalidInputError",
     "KeymodelsError",
     "MultiHeadAttention",
+    "ResNet",
+    "ResNetConfig",
     "ViTConfig",
     "VisionTransformer",
     "__version__",

@@ -6,8 +6,11 @@ Attention rollout (Abnar & Zuidema 2020) follows attention through the layers. E
 per-head weights [B, H, N, N] are fused over heads (mean, max or min), optionally the lowest
 weights are discarded, the identity is added for the residual connection and the rows are
 re-normalised, Â_l = (A_l + I) / rowsum(A_l + I), and the layers are multiplied,
-R = Â_L ⋯ Â_1. The map is the class token's row of R (the mean of the patch tokens' rows for
-models that pool by averaging), restricted to the patch tokens. Everything is per sample: a batch
+R = Â_L ⋯ Â_1. The map is the row of R that the head reads, restricted to the patch tokens:
+the class token's row; for DeiT's distilled models the mean of the class and distillation
+tokens' rows (the head averages the two heads' logits); for average pooling the mean of the
+patch tokens' rows (weights 1/N); for CCT's sequence pooling the rows weighted by the pooling
+softmax of that image (``VisionTransformer.readout``). Everything is per sample: a batch
 gives the same maps as each image alone. The gradient-weighted variant follows Chefer et al.
 2021 ("Generic Attention-model Explainability…", rules 5 and 6): Ā_l = mean_h (∂y_k/∂A_l ⊙ A_l)⁺,
 the part of the attention that raises the logit y_k of class k, accumulated as R ← R + Ā_l·R
@@ -17,6 +20,7 @@ from R = I, i.e. R = (I + Ā_L) ⋯ (I + Ā_1) with no row re-normalisation.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -114,13 +118,20 @@ def readout_query(
 ) -> Tensor:
     """The row of the joint attention to read, [B, N]: the class token, or the mean of the patches.
 
-    A model with a class token reads it (what the head sees), unless it pools by averaging
-    (``global_pool="avg"``): then, as for models without a class token, the map is the mean of
-    the patch tokens' rows, since the head sees the mean of those tokens.
+    A model with a class token reads it (what the head sees; with DeiT's distillation token the
+    mean of the two prefix rows, as the head averages their logits), unless it pools by
+    averaging (``global_pool="avg"``): then, as for models without a class token, the map is the
+    mean of the patch tokens' rows, since the head sees the mean of those tokens. Sequence
+    pooling ("seq") weighs the rows per image: pass the model's ``readout`` weights instead.
     """
+    if global_pool == "seq":
+        raise InvalidInputError(
+            "global_pool='seq' weighs the tokens per image: pass the model's pooling weights "
+            "(VisionTransformer.forward_attention(x, return_readout=True)) as query="
+        )
     q = like.new_zeros(batch, num_tokens)
     if num_prefix_tokens and global_pool != "avg":
-        q[:, 0] = 1.0
+        q[:, :num_prefix_tokens] = 1.0 / num_prefix_tokens
     else:
         q[:, num_prefix_tokens:] = 1.0 / (num_tokens - num_prefix_tokens)
     return q
@@ -193,6 +204,7 @@ def rollout(
     global_pool: str = "token",
     head_fusion: str = "mean",
     discard: float = 0.0,
+    query: Tensor | None = None,
 ) -> Tensor:
     """Attention rollout (Abnar & Zuidema 2020) from per-head weights.
 
@@ -205,6 +217,8 @@ def rollout(
         head_fusion: ``mean``, ``max`` or ``min`` over heads.
         discard: fraction of the lowest off-diagonal weights to zero in each layer (see
             :func:`discard_lowest`).
+        query: the head's pooling weights over the tokens [B, N] (``VisionTransformer.readout``);
+            None: from ``num_prefix_tokens`` and ``global_pool`` (:func:`readout_query`).
 
     Returns:
         maps [B, gh, gw], summing to 1 per sample.
@@ -214,7 +228,8 @@ def rollout(
         raise unknown_name("head fusion", head_fusion, HEAD_FUSIONS)
     fused = [discard_lowest(fuse_heads(w, head_fusion), discard) for w in attentions]
     B, N, _ = fused[0].shape
-    query = readout_query(B, N, num_prefix_tokens, global_pool, fused[0])
+    if query is None:
+        query = readout_query(B, N, num_prefix_tokens, global_pool, fused[0])
     return to_grid(propagate(fused, query), num_prefix_tokens, grid_size)
 
 
@@ -225,6 +240,7 @@ def head_maps(
     heads: int | Sequence[int] | None = None,
     num_prefix_tokens: int = 1,
     global_pool: str = "token",
+    query: Tensor | None = None,
 ) -> Tensor:
     """The raw attention of one layer's heads, read from the class token (or the patch mean).
 
@@ -232,6 +248,7 @@ def head_maps(
         attentions: every block's weights [B, H, N, N].
         layer: block index (negative counts from the end).
         heads: one head, several, or None for all.
+        query: the rows to read [B, N] (the head's pooling weights), as for :func:`rollout`.
 
     Returns:
         maps [B, len(heads), gh, gw]: the weights on the patches, as they are (not re-normalised;
@@ -245,7 +262,8 @@ def head_maps(
     elif isinstance(heads, int):
         heads = [heads]
     heads = [_check_index("head", h, H, "heads in each block") for h in heads]
-    query = readout_query(B, N, num_prefix_tokens, global_pool, w)  # [B, N]
+    if query is None:
+        query = readout_query(B, N, num_prefix_tokens, global_pool, w)  # [B, N]
     rows = torch.einsum("bn,bhnm->bhm", query, w[:, heads])  # [B, h, N]
     gh, gw = grid_size
     return rows[..., num_prefix_tokens:].reshape(B, len(heads), gh, gw)
@@ -272,7 +290,25 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    """The token grid of ``images`` as the model's own stem makes it (CCT's is img / 2ⁿ)."""
     return model.patch_embed.dynamic_grid(tuple(images.shape[-2:]))
+
+
+def _check_has_attention(model: nn.Module) -> None:
+    if not callable(getattr(model, "forward_attention", None)):
+        raise InvalidInputError(
+            f"{type(model).__name__} has no attention to explain (no forward_attention); "
+            "attention maps need a VisionTransformer"
+        )
+
+
+def _attend(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
+    """Logits, attentions and the head's pooling weights (None from a model that lacks them)."""
+    if "return_readout" in inspect.signature(model.forward_attention).parameters:
+        return model.forward_attention(images, return_readout=True)
+    # A forward_attention without readout: the pooling is read from the model's attributes.
+    logits, attentions = model.forward_attention(images)
+    return logits, attentions, None
 
 
 def class_indices(
@@ -316,6 +352,7 @@ def grad_rollout(
         precision: of the forward and backward pass ("fp32" or "bf16"); the relevance is
             accumulated in fp32 either way.
     """
+    _check_has_attention(model)
     if not getattr(model, "num_classes", 0):
         raise InvalidInputError(
             "grad-rollout needs a classifier head, and this model has none (num_classes=0); "
@@ -326,7 +363,7 @@ def grad_rollout(
         # parameter is frozen.
         x = images.detach().clone().requires_grad_(True)
         with autocast(precision, images.device):
-            logits, attentions = model.forward_attention(x)
+            logits, attentions, readout = _attend(model, x)
         logits = logits.float()
         if class_index is None:
             index = logits.argmax(dim=-1)
@@ -338,7 +375,10 @@ def grad_rollout(
         (g.float() * a.detach().float()).clamp(min=0).mean(dim=1) for g, a in zip(grads, attentions)
     ]
     B, N, _ = fused[0].shape
-    query = readout_query(B, N, model.num_prefix_tokens, model.global_pool, fused[0])
+    if readout is not None:
+        query = readout.detach().float()
+    else:
+        query = readout_query(B, N, model.num_prefix_tokens, model.global_pool, fused[0])
     maps = to_grid(accumulate(fused, query), model.num_prefix_tokens, _grid(model, images))
     return Explanation(maps, logits.detach(), "grad-rollout", index)
 
@@ -358,7 +398,9 @@ def explain(
     """Maps of where a ViT looks, for a batch of images, from one forward pass.
 
     Args:
-        model: a ``VisionTransformer`` (any registered config; class token or average pooling).
+        model: a ``VisionTransformer`` (any registered config: class token, DeiT's class +
+            distillation tokens, average or sequence pooling; any stem, whose own token grid is
+            used). A model without ``forward_attention`` (a CNN) is an error.
         images: [B, C, H, W], normalised as the model expects.
         method: ``rollout`` (:func:`rollout`), ``grad-rollout`` (:func:`grad_rollout`, needs a
             head) or ``heads`` (the raw weights of block ``layer``: head ``head``, or the mean of
@@ -377,19 +419,21 @@ def explain(
         raise unknown_name("explanation method", method, METHODS)
     if images.dim() != 4:
         raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(images.shape)}")
+    _check_has_attention(model)
     if method == "grad-rollout":
         return grad_rollout(model, images, class_index, precision)
     grid = _grid(model, images)
     with _eval_mode(model), torch.no_grad():
         with autocast(precision, images.device):
-            logits, attentions = model.forward_attention(images)
+            logits, attentions, readout = _attend(model, images)
         # Rollout multiplies L matrices: in fp32, whatever precision the weights came in.
         logits, attentions = logits.float(), [a.float() for a in attentions]
+        query = None if readout is None else readout.float()
         prefix, pool = model.num_prefix_tokens, model.global_pool
         if method == "rollout":
-            maps = rollout(attentions, grid, prefix, pool, head_fusion, discard)
+            maps = rollout(attentions, grid, prefix, pool, head_fusion, discard, query)
         else:
-            raw = head_maps(attentions, grid, layer, head, prefix, pool).mean(dim=1)
+            raw = head_maps(attentions, grid, layer, head, prefix, pool, query).mean(dim=1)
             maps = raw / raw.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return Explanation(maps, logits, method)
 

@@ -5,6 +5,7 @@ Also the resampling of learned position embeddings when the patch grid changes.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -163,3 +164,157 @@ def resample_abs_pos_embed(
     grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+# -- stems for small data: each is a PatchEmbed with another ``proj`` (same grid, same interface) --
+
+
+class ConvStem(PatchEmbed):
+    """Convolutional stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better").
+
+    log2(P) 3×3 stride-2 convolutions (no bias, BatchNorm, ReLU) with channels doubling up to
+    ``embed_dim``, then a 1×1 convolution to ``embed_dim``: the same P×-downsampled token grid as
+    the patchify stem, but the overlapping small kernels give the optimiser an easier start.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        strict_img_size: bool = True,
+    ) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim, strict_img_size)
+        n = power_of_two_layers(patch_size, "conv")
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for i in range(n):
+            c_out = max(embed_dim >> (n - 1 - i), 1)  # ..., D/4, D/2, D
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
+
+
+class CCTTokenizer(PatchEmbed):
+    """The Compact Convolutional Transformer's tokenizer (Hassani et al. 2021, ``Tokenizer``).
+
+    n blocks of Conv 3×3 (stride 1, padding 1, no bias), ReLU, MaxPool 3×3 (stride 2, padding 1);
+    channels in_chans -> 64 -> ... -> 64 -> embed_dim, so the grid is img / 2ⁿ (P = 2ⁿ here).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 32,
+        patch_size: int = 2,
+        in_chans: int = 3,
+        embed_dim: int = 256,
+        strict_img_size: bool = True,
+    ) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim, strict_img_size)
+        n = power_of_two_layers(patch_size, "cct")
+        channels = [in_chans] + [64] * (n - 1) + [embed_dim]
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(channels):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False),
+                nn.ReLU(),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            ]
+        self.proj = nn.Sequential(*layers)
+        for m in self.proj:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)  # as CCT's Tokenizer.init_weight
+
+
+class ShiftedPatchTokenization(PatchEmbed):
+    """Shifted Patch Tokenization (Lee et al. 2021, "Vision Transformer for Small-Size Datasets").
+
+    The image and its four diagonal shifts by half a patch (zero-filled, F.pad then crop, as the
+    authors' code; not a roll, which would wrap the far edge in) are stacked on the channels,
+    cut into P×P patches, flattened as (p1 p2 c), layer-normed and projected to ``embed_dim``:
+    each token sees a wider receptive field than its own patch.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        strict_img_size: bool = True,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim, strict_img_size)
+        if patch_size < 2:
+            raise InvalidInputError(
+                "the 'spt' stem shifts by half a patch: patch_size must be >= 2"
+            )
+        self.shift = patch_size // 2
+        dim = 5 * in_chans * patch_size * patch_size
+        self.proj = nn.Identity()  # no patchify convolution; the layers below do its work
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.linear = nn.Linear(dim, embed_dim)
+
+    def shifted(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, 5C, H, W]: x, then shifted to left-up, right-up, left-down, right-down."""
+        s = self.shift
+        pad = F.pad(x, (s, s, s, s))
+        lu = pad[:, :, : -2 * s, : -2 * s]
+        ru = pad[:, :, : -2 * s, 2 * s :]
+        lb = pad[:, :, 2 * s :, : -2 * s]
+        rb = pad[:, :, 2 * s :, 2 * s :]
+        return torch.cat([x, lu, ru, lb, rb], dim=1)
+
+    def forward(self, x: Tensor, flatten: bool = True) -> Tensor:
+        if x.dim() != 4:
+            raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise InvalidInputError(
+                f"expected {self.in_chans} image channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if self.strict_img_size and tuple(x.shape[2:]) != self.img_size:
+            raise InvalidInputError(
+                f"expected {self.img_size[0]}×{self.img_size[1]} images, got {x.shape[2]}×{x.shape[3]}"
+            )
+        gh, gw = self.dynamic_grid(tuple(x.shape[2:]))
+        x = self.shifted(x)
+        B, C5 = x.shape[:2]
+        p = self.patch_size[0]
+        # b c (h p1) (w p2) -> b (h w) (p1 p2 c), the authors' Rearrange
+        x = x.reshape(B, C5, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(B, gh * gw, -1)
+        x = self.linear(self.norm(x))  # [B, gh·gw, D]
+        return x if flatten else x.reshape(B, gh, gw, -1)
+
+
+def power_of_two_layers(patch_size: int, stem: str) -> int:
+    """n for a stem of n stride-2 stages: patch_size must be 2ⁿ (n >= 1)."""
+    n = patch_size.bit_length() - 1
+    if patch_size < 2 or patch_size != 1 << n:
+        raise InvalidInputError(
+            f"the {stem!r} stem halves the image in each of its layers, so patch_size must be a "
+            f"power of two >= 2 (2**layers); got {patch_size}"
+        )
+    return n
+
+
+class SeqPool(nn.Module):
+    """Sequence pooling (Hassani et al. 2021): softmax(Linear(x)) over tokens, weighted sum.
+
+    x: [B, N, D] -> pooled [B, D]; :meth:`weights` gives the pooling weights [B, N].
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attention_pool = nn.Linear(dim, 1)
+
+    def weights(self, x: Tensor) -> Tensor:
+        return self.attention_pool(x).squeeze(-1).softmax(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.weights(x).unsqueeze(1) @ x).squeeze(1)

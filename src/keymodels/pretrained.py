@@ -1,7 +1,9 @@
 """The keymodels model folder (config.json + model.safetensors) and writing weight files safely.
 
-It imports no model, so that ``VisionTransformer.save_pretrained`` (``keymodels.vit``), the hub
-and the converters all write through it without importing each other.
+It imports no model, so that ``VisionTransformer.save_pretrained`` (``keymodels.vit``),
+``ResNet.save_pretrained`` (``keymodels.cnn``), the hub and the converters all write through it
+without importing each other. ``config.json``'s ``model_type`` names the family: a config class
+may set its own (``ResNetConfig.model_type``); ViTs are ``keymodels_vit``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from .errors import InvalidInputError
 from .layers import to_2tuple
 
 if TYPE_CHECKING:
-    from .vit import VisionTransformer
+    from torch import nn
 
-MODEL_TYPE = "keymodels_vit"
+MODEL_TYPE = "keymodels_vit"  # a ViT's; other families' configs carry their own model_type
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -71,7 +73,7 @@ def write_dir(directory: str | os.PathLike, files: dict[str, Callable[[Path], An
 
 
 def save_pretrained(
-    model: VisionTransformer,
+    model: nn.Module,
     directory: str | os.PathLike,
     class_names: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
@@ -79,7 +81,8 @@ def save_pretrained(
     """Write ``config.json`` (config, class names, preprocessing) and ``model.safetensors``.
 
     Args:
-        model: the model to save.
+        model: the model to save: a keymodels model with a ``config`` (``to_dict``,
+            ``img_size``, ``in_chans``, ``num_classes``), a ViT or a ResNet.
         directory: created if missing; files are written under temporary names and renamed.
         class_names: one name per output class, in order.
         preprocessing: how inputs were prepared, e.g. ``{"mean": [...], "std": [...]}``;
@@ -94,7 +97,7 @@ def save_pretrained(
         )
     h, w = to_2tuple(c.img_size)
     config = {
-        "model_type": MODEL_TYPE,
+        "model_type": getattr(c, "model_type", MODEL_TYPE),
         "keymodels_version": __version__,
         "config": c.to_dict(),
         "class_names": list(class_names) if class_names is not None else None,

@@ -28,6 +28,7 @@ from .checkpoint import (
 from .data import ImageDecodeError, preprocess_images
 from .errors import InvalidInputError
 from .layers import to_2tuple
+from .registry import create_model, list_models
 from .rundir import checkpoint_meta
 from .runtime import optimize
 from .seq2seq.config import KIND as SEQ2SEQ_KIND
@@ -36,7 +37,16 @@ from .seq2seq.model import Seq2Seq, Seq2SeqConfig
 from .seq2seq.vocab import Vocabulary
 from .vit import VisionTransformer, ViTConfig
 
-__all__ = ["LoadedRun", "evaluate", "load", "load_seq2seq", "load_vit", "predict"]
+__all__ = [
+    "LoadedRun",
+    "evaluate",
+    "load",
+    "load_run",
+    "load_seq2seq",
+    "load_vit",
+    "predict",
+    "require_vit",
+]
 
 VIT_HINT = "Load it with the recipe and model it was trained with"
 
@@ -54,21 +64,26 @@ class LoadedRun:
     checkpoint: Checkpoint
 
 
-def load_vit(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Load a ViT trained by ``keymodels train``, in eval mode, with what is needed to use it.
+def load_run(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an image classifier trained by ``keymodels train`` (a ViT, a ResNet, any registered
+    family), in eval mode, with what is needed to use it.
+
+    The model is built by the registry from the checkpoint's ``model_name`` and ``config``;
+    checkpoints that record no (or no longer registered) ``model_name`` are ViTs.
 
     Args:
         path: a run folder (its best checkpoint, else last) or a checkpoint file.
 
     Returns:
-        ``(model, info)``; ``info`` has ``class_names``, ``config`` (a ViTConfig dict), the eval
-        preprocessing ``mean``, ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``,
-        ``epoch``, ``test_acc`` (accuracy on the test split when it was saved), ``data_dir``,
-        ``checkpoint``.
+        ``(model, info)``; ``info`` has ``class_names``, ``model_name`` (None for runs that did
+        not record it), ``config`` (the model config's dict), the eval preprocessing ``mean``,
+        ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``, ``epoch``, ``test_acc``
+        (accuracy on the test split when it was saved), ``data_dir``, ``checkpoint``.
 
     Raises:
         CheckpointError: no such run, or not a trained classifier's checkpoint.
         CheckpointMismatchError: its weights do not fit the config it records.
+        InvalidInputError: the recorded config is not valid for its model.
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
@@ -77,13 +92,18 @@ def load_vit(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]
         raise CheckpointError(
             f"{ckpt_path} is a keymodels checkpoint but not of a trained classifier"
         )
-    config = ViTConfig.from_dict(meta["config"])
-    model = VisionTransformer(config)
+    name = meta.get("model_name")
+    if name in list_models():
+        model = create_model(name, **meta["config"])
+    else:  # runs before model_name was recorded (all ViTs)
+        model = VisionTransformer(ViTConfig.from_dict(meta["config"]))
+    config = model.config
     check_compatible(model, ckpt.model, str(ckpt_path))
     model.load_state_dict(ckpt.model)
     model.eval()
     info = {
         "class_names": list(meta["class_names"]),
+        "model_name": name,
         "config": config.to_dict(),
         "mean": meta["mean"],
         "std": meta["std"],
@@ -98,6 +118,33 @@ def load_vit(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]
     return model, info
 
 
+def load_vit(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
+    """:func:`load_run` for what needs a Vision Transformer (attention maps, ViT converters).
+
+    Raises:
+        InvalidInputError: the run is of another family (a ResNet); use :func:`load_run`.
+        (And :func:`load_run`'s errors.)
+    """
+    model, info = load_run(path)
+    require_vit(model, info["checkpoint"], "load_vit (ViT conversion, attention maps)")
+    return model, info
+
+
+def require_vit(model: nn.Module, source: str, what: str = "this use") -> None:
+    """Raise :class:`InvalidInputError` unless ``model`` is a ``VisionTransformer``.
+
+    Args:
+        model: the loaded model.
+        source: where it came from (a checkpoint or folder), for the message.
+        what: the ViT-only use, e.g. "attention explanation".
+    """
+    if not isinstance(model, VisionTransformer):
+        raise InvalidInputError(
+            f"{source} holds a {type(model).__name__}, not a Vision Transformer: {what} needs a "
+            "ViT (attention, patch tokens); load other families with keymodels.runs.load_run"
+        )
+
+
 def load_seq2seq(path: str | os.PathLike) -> LoadedRun:
     """Rebuild a seq2seq model and its vocabularies from a checkpoint (file or run folder), in
     eval mode.
@@ -109,7 +156,7 @@ def load_seq2seq(path: str | os.PathLike) -> LoadedRun:
     ckpt = load_checkpoint(resolve_checkpoint(path, "keymodels seq2seq train"))
     if ckpt.meta.get("kind") != SEQ2SEQ_KIND:
         what = (
-            "a ViT classifier's (use keymodels eval/predict)"
+            "an image classifier's (use keymodels eval/predict)"
             if "class_names" in ckpt.meta
             else "another model's"
         )
@@ -142,15 +189,15 @@ def check_vocabularies(
             )
 
 
-def load(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]] | LoadedRun:
+def load(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]] | LoadedRun:
     """Load the run of either engine: :func:`load_seq2seq`'s LoadedRun for a seq2seq run, else
-    :func:`load_vit`'s ``(model, info)``."""
+    :func:`load_run`'s ``(model, info)`` (an image classifier of any family)."""
     meta = checkpoint_meta(resolve_checkpoint(path)) or {}
-    return load_seq2seq(path) if meta.get("kind") == SEQ2SEQ_KIND else load_vit(path)
+    return load_seq2seq(path) if meta.get("kind") == SEQ2SEQ_KIND else load_run(path)
 
 
 def predict(
-    run: str | os.PathLike | tuple[VisionTransformer, dict[str, Any]],
+    run: str | os.PathLike | tuple[nn.Module, dict[str, Any]],
     images: list[str | Path],
     top_k: int = 3,
     precision: str = "auto",
@@ -160,8 +207,8 @@ def predict(
     """Top-k classes with probabilities for each image file.
 
     Args:
-        run: a ViT run folder or checkpoint, or the ``(model, info)`` of :func:`load_vit` (a
-            server loads once and predicts many times).
+        run: an image classifier's run folder or checkpoint (a ViT, a ResNet), or the
+            ``(model, info)`` of :func:`load_run` (a server loads once and predicts many times).
         images: image files of any size and mode, preprocessed as in evaluation.
         top_k: how many classes per image (fewer if the model has fewer).
         precision, compile: the inference fast path (see :func:`keymodels.runtime.optimize`).
@@ -179,7 +226,7 @@ def predict(
     """
     if on_error not in ("fail", "skip"):
         raise InvalidInputError(f"on_error must be 'fail' or 'skip'; got {on_error!r}")
-    model, info = run if isinstance(run, tuple) else load_vit(run)
+    model, info = run if isinstance(run, tuple) else load_run(run)
     images, x = _read_images(images, info, on_error)
     fast = optimize(model, precision, compile, x, expected_items=len(x))
     with torch.inference_mode():
@@ -236,7 +283,7 @@ def check_finite_outputs(probs: torch.Tensor, checkpoint: str) -> None:
 def evaluate(
     model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
-    """A ViT classifier on ``loader``'s batches of ``(images, labels, skipped)``: loss, accuracy,
+    """An image classifier (any family) on ``loader``'s batches of ``(images, labels, skipped)``: loss, accuracy,
     per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
     was_training = model.training
     model.eval()

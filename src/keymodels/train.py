@@ -1,12 +1,14 @@
-"""The ViT training engine: a recipe and a data folder in, a trained ViT and its run folder out.
+"""The training engine: a recipe and a data folder (or your own tensors) in, a trained image
+classifier and its run folder out.
 
 AdamW (no decay on norms, biases, embeddings), warmup + cosine, clipping, EMA, bf16 autocast
 where measured faster (``keymodels.runtime``), torchrun DDP; the run folder, its atomic
 checkpoints and exact resume are ``keymodels.run.Run``'s. Loading a trained ViT is
 ``keymodels.runs``'s.
 
-The ViT recipes have no validation split yet: the score evaluated after every epoch, that picks
-``best.safetensors``, is the test split's (``test_acc``).
+Model selection is honest: a validation split held out of the training data (stratified, fixed
+by the recipe seed) is evaluated after every epoch and picks ``best.safetensors`` (``val_acc``);
+the test split is evaluated once, at the end, with the best checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import Checkpoint, check_compatible, rng_state
+from .checkpoint import Checkpoint, check_compatible, load_checkpoint, rng_state
 from .checkpoint import set_rng_state as restore_rng_state
 from .data import (
     ArrayDataset,
+    DataError,
     DataSplits,
     Recipe,
     batch_mix,
@@ -41,8 +45,10 @@ from .data import (
     eval_transform,
     load_dataset,
     mean_std,
+    split_train,
     train_transform,
 )
+from .data.datasets import check_labels
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -54,12 +60,11 @@ from .distributed import (
 from .layers import to_2tuple
 from .metrics import plot_curves
 from .plotting import pyplot, save_figure
-from .registry import get_config
+from .registry import create_model, get_config
 from .run import Run, TrainingError, check_same_settings, epoch_line, lr_factor
 from .runguard import GracefulStop, NonFiniteGuard, NonFiniteLossError, crash_point
 from .runs import evaluate
 from .runtime import compile_or_eager
-from .vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +95,10 @@ def _flat_recipe(d: dict[str, Any]) -> dict[str, Any]:
 class TrainResult:
     """What :func:`train` returns: the trained model and where everything was written."""
 
-    model: VisionTransformer
+    model: nn.Module  # with the best checkpoint's weights (the last ones if no epoch finished)
     out: Path
-    best_test_acc: float | None  # the best test-split accuracy after an epoch (None: no epoch)
+    best_val_acc: float | None  # the best validation accuracy after an epoch (None: no epoch)
+    test_acc: float | None  # the test split's, with the best weights (None: no test split)
     epochs_done: int
     history: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
@@ -151,7 +157,75 @@ def _unreadable_files(splits: DataSplits) -> int:
     """The distinct image files of both splits found unreadable so far (each warned about once
     by its data set); unlike the images an epoch skipped, this does not depend on which batch
     ``drop_last`` left out. In-memory arrays have none."""
-    return sum(getattr(ds, "unreadable_files", 0) for ds in (splits.train, splits.test))
+    return sum(getattr(ds, "unreadable_files", 0) for ds in (splits.train, splits.val, splits.test))
+
+
+CustomSplit = (
+    Any  # a torch Dataset of (image [C, H, W], label), or (images [N, C, H, W], labels [N])
+)
+
+
+def _as_arrays(split: CustomSplit, name: str) -> tuple[Tensor, Tensor]:
+    """One split of :func:`train`'s ``data`` as uint8 images ``[N, C, H, W]`` and labels ``[N]``."""
+    if isinstance(split, (tuple, list)) and len(split) == 2 and isinstance(split[0], Tensor):
+        images, labels = split[0], torch.as_tensor(split[1])
+    else:
+        try:
+            items = [split[i] for i in range(len(split))]
+        except TypeError as e:
+            raise DataError(
+                f"data: the {name} split must be a torch Dataset of (image, label) or a tuple "
+                f"(images [N, C, H, W], labels [N]); got {type(split).__name__}"
+            ) from e
+        if not items:
+            raise DataError(f"data: the {name} split is empty")
+        shapes = {tuple(torch.as_tensor(x).shape) for x, _ in items}
+        if len(shapes) > 1:
+            raise DataError(f"data: the {name} split's images differ in shape: {sorted(shapes)}")
+        images = torch.stack([torch.as_tensor(x) for x, _ in items])
+        labels = torch.tensor([int(y) for _, y in items])
+    if images.ndim != 4:
+        raise DataError(
+            f"data: the {name} images must be [N, C, H, W] (each [C, H, W]); got shape "
+            f"{list(images.shape)}"
+        )
+    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise DataError(
+            f"data: the {name} split needs one integer label per image; got {len(images)} "
+            f"images and labels of shape {list(labels.shape)} ({labels.dtype})"
+        )
+    if images.is_floating_point():  # [0, 1] floats: stored as uint8, as every data set is
+        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    elif images.dtype != torch.uint8:
+        raise DataError(f"data: the {name} images must be uint8 or float; got {images.dtype}")
+    return images, labels.long()
+
+
+def custom_splits(data: Sequence[CustomSplit]) -> DataSplits:
+    """``(train, val)`` or ``(train, val, test)`` of :func:`train`'s ``data`` as :class:`DataSplits`.
+
+    Class names come from the train split's ``.classes`` if it has one, else "0".."K-1".
+    """
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise DataError("data must be (train, val) or (train, val, test)")
+    names = ("train", "val", "test")
+    arrays = [_as_arrays(d, n) for d, n in zip(data, names)]
+    shape = tuple(arrays[0][0].shape[1:])
+    for (images, _), name in zip(arrays[1:], names[1:]):
+        if tuple(images.shape[1:]) != shape:
+            raise DataError(
+                f"data: the {name} images are [C, H, W] = {list(images.shape[1:])}, the train "
+                f"images {list(shape)}; every split needs the same channels and size"
+            )
+    if shape[0] not in (1, 3):
+        raise DataError(f"data: images need 1 or 3 channels; got {shape[0]}")
+    classes = getattr(data[0], "classes", None)
+    k = len(classes) if classes is not None else max(int(y.max()) for _, y in arrays) + 1
+    classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(k)]
+    for (_, labels), name in zip(arrays, names):
+        check_labels(labels, k, f"data ({name} split)")
+    ds = [ArrayDataset(x, y) for x, y in arrays]
+    return DataSplits(ds[0], ds[2] if len(ds) == 3 else None, classes, shape[0], val=ds[1])
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
@@ -341,14 +415,22 @@ def train(
     on_nonfinite: str = "stop",
     max_steps: int | None = None,
     progress: bool = True,
+    data: Sequence[CustomSplit] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on the data in ``data_dir``; write checkpoints, metrics and plots to ``out``.
+
+    After every epoch the validation split is evaluated and picks ``best.safetensors``; at the
+    end the test split is evaluated once with the best checkpoint's weights.
 
     Args:
         recipe: model, augmentation and schedule (``keymodels.data.get_recipe``).
         out: run folder: ``last.safetensors``, ``best.safetensors``, ``metrics.csv``,
             ``train_curves.png``, ``confusion_matrix.png``, ``results.json``.
         data_dir: the data set's files (not needed for ``digits``).
+        data: your own data instead of ``recipe.dataset``: ``(train, val)`` or
+            ``(train, val, test)``, each a torch Dataset of ``(image [C, H, W], label)`` or a
+            tuple ``(images [N, C, H, W], labels [N])``; images uint8 or float in [0, 1]. Class
+            names from the train split's ``.classes``, else "0".."K-1". Recorded as "custom".
         resume: continue from ``out/last.safetensors`` exactly where it stopped.
         force: start over in a folder that holds a trained run (its outputs are removed first);
             without it (or ``resume``) such a folder is refused (``keymodels.rundir``).
@@ -373,9 +455,22 @@ def train(
         CheckpointMismatchError: ``resume`` with a recipe whose model is not the run's.
         TrainingError: nothing to resume, a resume with no epochs left (``recipe.epochs`` not
             above the epochs done) or with a recipe field other than ``epochs`` changed, a
-            checkpoint that could not be written, bad data.
+            checkpoint that could not be written.
+        DataError: bad data (nothing is written to ``out``): missing files, a validation share
+            or ``train_subset`` that leaves a class empty, mismatched custom splits.
     """
     out = Path(out)
+    # The data first: a data error leaves the run folder untouched.
+    if data is not None:
+        recipe = replace(recipe, dataset="custom")
+        splits = split_train(custom_splits(data), recipe.seed, train_subset=recipe.train_subset)
+        data_dir = None
+    else:
+        splits = load_dataset(
+            recipe.dataset, data_dir, seed=recipe.seed, download=download,
+            val_fraction=recipe.val_fraction, val_size=recipe.val_size,
+            train_subset=recipe.train_subset, in_chans=recipe.in_chans or 3, on_error=on_error,
+        )  # fmt: skip
     guard = NonFiniteGuard(on_nonfinite)
     dist_info: DistInfo = init_distributed(device)
     if deterministic:
@@ -385,8 +480,8 @@ def train(
         # Only rank 0 writes the run folder, so only it checks and locks it.
         with Run(out, "vit", resume=resume, force=force, main=dist_info.is_main) as run:
             return _train(
-                recipe, run, data_dir, dist_info, guard, precision=precision, compile=compile,
-                download=download, on_error=on_error, max_steps=max_steps, progress=progress,
+                recipe, run, splits, data_dir, dist_info, guard, precision=precision,
+                compile=compile, max_steps=max_steps, progress=progress,
             )  # fmt: skip
     finally:
         cleanup()
@@ -395,25 +490,21 @@ def train(
 def _train(
     recipe: Recipe,
     run: Run,
+    splits: DataSplits,
     data_dir: str | Path | None,
     dist_info: DistInfo,
     guard: NonFiniteGuard,
     *,
     precision: str,
     compile: bool,
-    download: bool,
-    on_error: str,
     max_steps: int | None,
     progress: bool,
 ) -> TrainResult:
     main, dev, out = dist_info.is_main, dist_info.device, run.out
     seed_everything(recipe.seed)
 
-    # Data, with normalization from the training set's own statistics.
-    splits = load_dataset(
-        recipe.dataset, data_dir, seed=recipe.seed, download=download,
-        val_fraction=recipe.val_fraction, in_chans=recipe.in_chans or 3, on_error=on_error,
-    )  # fmt: skip
+    # Normalization from the training set's own statistics.
+    assert splits.val is not None  # load_dataset and split_train always give one
     base = get_config(recipe.model)
     img_size = to_2tuple(recipe.img_size or base.img_size)
     if recipe.in_chans and recipe.in_chans != splits.in_chans:
@@ -430,10 +521,12 @@ def _train(
         or tuple(splits.train.images.shape[-2:]) != img_size
     )
     splits.train.transform = train_transform(recipe.augment, img_size, mean, std, resize)
-    splits.test.transform = eval_transform(img_size, mean, std, resize)
+    for ds in (splits.val, splits.test):
+        if ds is not None:
+            ds.transform = eval_transform(img_size, mean, std, resize)
 
-    # Model, optimizer, warmup + cosine schedule, EMA.
-    model = VisionTransformer(config).to(dev)
+    # Model (any registered image classifier), optimizer, warmup + cosine schedule, EMA.
+    model = create_model(recipe.model, **overrides).to(dev)
     if len(splits.train) < recipe.batch_size * dist_info.world_size:
         raise TrainingError(
             f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
@@ -456,6 +549,12 @@ def _train(
     # Resume: the weights (with EMA, the raw ones are "train_model"), optimizer, schedule, RNG.
     step, scaler_state = 0, None
     if (ckpt := run.resume()) is not None:
+        if ckpt.meta.get("eval_split") != "val":
+            raise TrainingError(
+                f"{run.last_path} was trained before validation splits (it chose its best "
+                "checkpoint on the test split) and cannot be resumed; train again in a new --out "
+                "(out) folder, or keep it as it is"
+            )
         weights = ckpt.state.get("train_model", ckpt.model)
         check_compatible(model, weights, str(run.last_path), MISMATCH_HINT)
         if "recipe" in ckpt.meta:  # runs saved before recipes were stored cannot be compared
@@ -502,14 +601,18 @@ def _train(
     elif compile:
         train_model = compile_or_eager(train_model, timing_loss)
     mix = batch_mix(recipe.augment, config.num_classes)
-    test_loader = _loader(splits.test, recipe.eval_batch_size, recipe, None, False, dev)
+    val_loader = _loader(splits.val, recipe.eval_batch_size, recipe, None, False, dev)
     eval_model = ema.module if ema is not None else model
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else asdict(config)
     meta = {
-        "model_name": recipe.model, "config": config.to_dict(), "class_names": splits.classes,
+        "model_name": recipe.model, "config": config_dict, "class_names": splits.classes,
         "recipe": recipe.to_dict(), "mean": mean, "std": std, "img_size": list(img_size),
         "in_chans": config.in_chans, "weights": "ema" if ema else "model",
         "keymodels_version": __version__, "world_size": dist_info.world_size,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "eval_split": "test",
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "eval_split": "val",
+        "dataset": recipe.dataset,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val),
+                        "test": len(splits.test) if splits.test is not None else None},
     }  # fmt: skip
     run.write_json("recipe.json", meta)
 
@@ -524,15 +627,15 @@ def _train(
             state["ema_n"] = int(ema.n_averaged)
         return Checkpoint(
             model=eval_model.state_dict(), state=state,
-            meta={**meta, "epoch": epochs, "test_acc": test.get("acc")},
+            meta={**meta, "epoch": epochs, "val_acc": val.get("acc"), "val_loss": val.get("loss")},
         )  # fmt: skip
 
-    def evaluate_test() -> dict[str, Any]:
+    def evaluate_on(loader: DataLoader) -> dict[str, Any]:
         with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-            return evaluate(eval_model, test_loader, config.num_classes, dev)
+            return evaluate(eval_model, loader, config.num_classes, dev)
 
     history: list[dict[str, Any]] = []
-    test: dict[str, Any] = {}
+    val: dict[str, Any] = {}
     for epoch in range(run.epoch, recipe.epochs):
         if max_steps is not None and step >= max_steps:
             break
@@ -574,10 +677,10 @@ def _train(
             raise run.interrupted(where)
         run.epoch = epoch + 1
         if main:
-            test = evaluate_test()
+            val = evaluate_on(val_loader)
             row = {
-                "train_loss": stats["loss"], "train_acc": stats["acc"], "test_loss": test["loss"],
-                "test_acc": test["acc"], "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": val["loss"],
+                "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
                 "img_per_s": stats["img_per_s"], "epoch_time": stats["time"],
                 "skipped": _unreadable_files(splits), "nonfinite_steps": stats["nonfinite"],
                 "precision": choice.precision,
@@ -585,33 +688,52 @@ def _train(
             history.append({"epoch": epoch + 1, **row})
             run.log(epoch + 1, row)
             line = epoch_line(
-                epoch + 1, recipe.epochs, train_loss=stats["loss"], split="test",
-                loss=test["loss"], metric="acc", score=100 * test["acc"], lr=row["lr"],
+                epoch + 1, recipe.epochs, train_loss=stats["loss"], split="val",
+                loss=val["loss"], metric="acc", score=100 * val["acc"], lr=row["lr"],
                 seconds=stats["time"], extra=f"{stats['img_per_s']:.0f} img/s",
             )  # fmt: skip
             log.info("%s", line)
-            best = run.improved(test["acc"])
+            best = run.improved(val["acc"])
             run.save(checkpoint(epoch + 1), best=best, where=f"epoch {epoch + 1}")
         barrier()
 
     results: dict[str, Any] = {}
+    test_acc = None
     if main:
         run.close_metrics()
         if history or (out / "metrics.csv").exists():
             plot_curves(
                 out / "metrics.csv", out / "train_curves.png",
-                [["train_loss", "test_loss"], ["train_acc", "test_acc"]],
+                [["train_loss", "val_loss"], ["train_acc", "val_acc"]],
                 title=f"{recipe.name}: {recipe.model}",
             )  # fmt: skip
-        if not test:
-            test = evaluate_test()
-        plot_confusion(test["confusion"], splits.classes, out / "confusion_matrix.png")
+        # The test split, once, with the weights the validation split chose.
+        best_epoch = None
+        if run.best_path.is_file():
+            best_ckpt = load_checkpoint(run.best_path)
+            eval_model.load_state_dict(best_ckpt.model)
+            best_epoch = best_ckpt.meta.get("epoch")
+        val = evaluate_on(val_loader)
+        test = None
+        if splits.test is not None:
+            test_loader = _loader(splits.test, recipe.eval_batch_size, recipe, None, False, dev)
+            test = evaluate_on(test_loader)
+            test_acc = test["acc"]
+        shown = test or val
+        plot_confusion(shown["confusion"], splits.classes, out / "confusion_matrix.png")
         results = {
-            "recipe": recipe.name, "model": recipe.model, "epochs": run.epoch, "steps": step,
-            "test_acc": test["acc"], "test_loss": test["loss"], "best_test_acc": run.best,
-            "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])),
-            "confusion": test["confusion"], "class_names": splits.classes,
-            "unreadable_images": _unreadable_files(splits),
+            "recipe": recipe.name, "model": recipe.model, "dataset": recipe.dataset,
+            "epochs": run.epoch, "steps": step, "best_epoch": best_epoch,
+            "val_acc": val["acc"], "val_loss": val["loss"],
+            "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
+            "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])) if test else None,
+            "confusion": test["confusion"] if test else None, "class_names": splits.classes,
+            "split_sizes": meta["split_sizes"], "unreadable_images": _unreadable_files(splits),
         }  # fmt: skip
+        if test is None:
+            results["note"] = (
+                "the data has no test split: test fields are null; confusion_matrix.png shows "
+                "the validation split, which chose the checkpoint (an optimistic estimate)"
+            )
         run.write_json("results.json", results)
-    return TrainResult(eval_model, out, run.best, run.epoch, history, results)
+    return TrainResult(eval_model, out, run.best, test_acc, run.epoch, history, results)

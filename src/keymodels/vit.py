@@ -1,6 +1,17 @@
 """The Vision Transformer (Dosovitskiy et al. 2021): image patches as tokens, attention over them.
 
 Module and parameter names follow timm's ``VisionTransformer``, so timm ``vit_*`` weights load as they are.
+
+Options for small data sets, all off by default (then the model is timm's):
+
+- ``stem="conv"``: convolutional stem (Xiao et al. 2021, "Early Convolutions Help Transformers
+  See Better").
+- ``stem="cct"`` + ``global_pool="seq"``: Compact Convolutional Transformer (Hassani et al. 2021,
+  "Escaping the Big Data Paradigm with Compact Transformers"): conv tokenizer, sequence pooling.
+- ``stem="spt"`` + ``lsa=True``: Shifted Patch Tokenization and Locality Self-Attention (Lee et
+  al. 2021, "Vision Transformer for Small-Size Datasets").
+- ``distilled=True``: DeiT's distillation token and head (Touvron et al. 2021), timm's
+  ``VisionTransformerDistilled`` layout.
 """
 
 from __future__ import annotations
@@ -16,11 +27,28 @@ from torch.nn.init import trunc_normal_
 
 from .attention import MultiHeadAttention
 from .errors import InvalidInputError, reject_unknown_fields
-from .layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple
+from .layers import (
+    CCTTokenizer,
+    ConvStem,
+    DropPath,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    SeqPool,
+    ShiftedPatchTokenization,
+    resample_abs_pos_embed,
+    to_2tuple,
+)
 from .pretrained import save_pretrained
 from .registry import register_model
 
-POOLS = ("token", "avg", "")
+POOLS = ("token", "avg", "seq", "")
+STEMS = {
+    "patch": PatchEmbed,
+    "conv": ConvStem,
+    "cct": CCTTokenizer,
+    "spt": ShiftedPatchTokenization,
+}
 
 
 @dataclass
@@ -37,7 +65,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     class_token: bool = True
-    global_pool: str = "token"  # "token" (class token), "avg" (mean of patch tokens) or "" (none)
+    # "token" (class token), "avg" (mean of patch tokens), "seq" (CCT's sequence pooling), "" (none)
+    global_pool: str = "token"
     fc_norm: bool | None = (
         None  # norm after pooling instead of before; None: True for "avg", as timm
     )
@@ -50,6 +79,11 @@ class ViTConfig:
     proj_drop_rate: float = 0.0
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
     dynamic_img_size: bool = False  # accept any input size divisible by the patch size
+    # "patch" (ViT), "conv" (Xiao et al.), "cct" (CCT tokenizer), "spt" (shifted patches); the
+    # conv and cct stems have log2(patch_size) stride-2 stages, so their grid is img / patch_size.
+    stem: str = "patch"
+    lsa: bool = False  # locality self-attention: learned temperature, no self-attention diagonal
+    distilled: bool = False  # DeiT distillation token after the class token, and head_dist
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, list):
@@ -79,6 +113,38 @@ class ViTConfig:
             raise InvalidInputError(
                 "global_pool='token' needs class_token=True; use global_pool='avg' without a class token"
             )
+        if self.stem not in STEMS:
+            raise InvalidInputError(f"stem must be one of {tuple(STEMS)}; got {self.stem!r}")
+        if self.stem in ("conv", "cct"):
+            n = self.patch_size.bit_length() - 1
+            if self.patch_size < 2 or self.patch_size != 1 << n:
+                raise InvalidInputError(
+                    f"stem={self.stem!r} halves the image in each of its log2(patch_size) layers: "
+                    f"patch_size must be 2**layers (2, 4, 8, ...); got {self.patch_size}"
+                )
+        if self.stem == "spt" and self.patch_size < 2:
+            raise InvalidInputError("stem='spt' shifts by half a patch: patch_size must be >= 2")
+        if self.global_pool == "seq" and self.class_token:
+            raise InvalidInputError(
+                "global_pool='seq' pools all tokens itself (CCT has no class token); "
+                "use class_token=False, or global_pool='token' to read the class token"
+            )
+        if self.distilled and (not self.class_token or self.global_pool != "token"):
+            raise InvalidInputError(
+                "distilled=True reads the class and distillation tokens: it needs "
+                f"class_token=True and global_pool='token'; got class_token={self.class_token}, "
+                f"global_pool={self.global_pool!r}"
+            )
+        if self.distilled and (self.pre_logits_size or self.fc_norm):
+            raise InvalidInputError(
+                "distilled=True has no pre-logits layer and no fc_norm (as DeiT): its two heads "
+                "read the normed class and distillation tokens"
+            )
+        if self.lsa and h * w // self.patch_size**2 + self.num_prefix_tokens < 2:
+            raise InvalidInputError(
+                "lsa=True masks each token's attention to itself, so it needs at least 2 tokens; "
+                "use a larger image or smaller patches"
+            )
         for name in (
             "drop_rate",
             "pos_drop_rate",
@@ -96,7 +162,7 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token)
+        return int(self.class_token) + int(self.distilled)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,14 +177,38 @@ class ViTConfig:
     def macs(self) -> int:
         """Multiply-accumulates for one image at ``img_size`` (GFLOPs ≈ 2 × MACs / 1e9)."""
         gh, gw = self.grid_size
-        P, D, N = self.patch_size, self.embed_dim, gh * gw + self.num_prefix_tokens
+        D, N = self.embed_dim, gh * gw + self.num_prefix_tokens
         hidden = int(D * self.mlp_ratio)
         block = N * D * 3 * D + 2 * N * N * D + N * D * D + 2 * N * D * hidden
         head_in = self.pre_logits_size or D
         head = (
             D * self.pre_logits_size if self.pre_logits_size else 0
-        ) + head_in * self.num_classes
-        return gh * gw * P * P * self.in_chans * D + self.depth * block + head
+        ) + head_in * self.num_classes * (1 + int(self.distilled))
+        if self.global_pool == "seq":
+            head += 2 * (N * D)  # the pooling scores Linear(D, 1), then the weighted sum
+        return self._stem_macs() + self.depth * block + head
+
+    def _stem_macs(self) -> int:
+        gh, gw = self.grid_size
+        P, C, D = self.patch_size, self.in_chans, self.embed_dim
+        if self.stem == "patch":
+            return gh * gw * P * P * C * D
+        if self.stem == "spt":
+            return gh * gw * 5 * C * P * P * D
+        h, w = to_2tuple(self.img_size)
+        n = P.bit_length() - 1
+        macs = 0
+        if self.stem == "conv":  # stride 2: each conv's output is half its input
+            channels = [C] + [max(D >> (n - 1 - i), 1) for i in range(n)]
+            for i in range(n):
+                h, w = h // 2, w // 2
+                macs += h * w * 9 * channels[i] * channels[i + 1]
+            return macs + gh * gw * channels[-1] * D
+        channels = [C] + [64] * (n - 1) + [D]  # "cct": stride-1 convs, then max-pool
+        for i in range(n):
+            macs += h * w * 9 * channels[i] * channels[i + 1]
+            h, w = h // 2, w // 2
+        return macs
 
 
 class Block(nn.Module):
@@ -135,10 +225,11 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        lsa: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, lsa)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
@@ -173,7 +264,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = config.num_prefix_tokens
         self.dynamic_img_size = config.dynamic_img_size
 
-        self.patch_embed = PatchEmbed(
+        self.patch_embed = STEMS[config.stem](
             config.img_size,
             config.patch_size,
             config.in_chans,
@@ -182,6 +273,9 @@ class VisionTransformer(nn.Module):
         )
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
+        # DeiT: a second prefix token, trained to match a teacher's prediction.
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if config.distilled else None
+        self.distilled_training = False  # as timm: set_distilled_training() to get both heads
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, D))
         self.pos_drop = nn.Dropout(config.pos_drop_rate)
 
@@ -198,6 +292,7 @@ class VisionTransformer(nn.Module):
                 config.attn_drop_rate,
                 dpr[i],
                 config.norm_eps,
+                config.lsa,
             )
             for i in range(config.depth)
         )
@@ -210,12 +305,18 @@ class VisionTransformer(nn.Module):
             self.num_features = config.pre_logits_size
         else:
             self.pre_logits = nn.Identity()
+        # CCT's sequence pooling: learned weights over the tokens, after the final norm.
+        self.attn_pool = SeqPool(D) if config.global_pool == "seq" else None
         self.head_drop = nn.Dropout(config.drop_rate)
         self.head = (
             nn.Linear(self.num_features, config.num_classes)
             if config.num_classes
             else nn.Identity()
         )
+        if config.distilled:
+            self.head_dist = (
+                nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
+            )
 
         self.init_weights()
         self._register_load_state_dict_pre_hook(self._resample_pos_embed_on_load)
@@ -225,9 +326,11 @@ class VisionTransformer(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=0.02)  # as timm's VisionTransformerDistilled
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
-                if name == "head":
+                if name in ("head", "head_dist"):
                     nn.init.zeros_(m.weight)
                 else:
                     trunc_normal_(m.weight, std=0.02)
@@ -273,8 +376,11 @@ class VisionTransformer(nn.Module):
             pos_embed = resample_abs_pos_embed(
                 pos_embed, grid, self.grid_size, self.num_prefix_tokens
             )
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = [
+            t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None
+        ]
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
         return self.pos_drop(x + pos_embed)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -285,11 +391,25 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Tokens [B, N, D] -> logits [B, num_classes] (or the pooled features with ``pre_logits``)."""
+        """Tokens [B, N, D] -> logits [B, num_classes] (or the pooled features with ``pre_logits``).
+
+        A distilled model gives (class logits, distillation logits) in training mode with
+        ``distilled_training`` on, else their mean (as timm's ``VisionTransformerDistilled``).
+        """
+        if self.dist_token is not None:
+            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+            if pre_logits:
+                return (x + x_dist) / 2
+            x, x_dist = self.head(x), self.head_dist(x_dist)
+            if self.distilled_training and self.training:
+                return x, x_dist
+            return (x + x_dist) / 2
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        elif self.global_pool == "seq":
+            x = self.attn_pool(x)
         x = self.pre_logits(self.fc_norm(x))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
@@ -297,21 +417,56 @@ class VisionTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Distilled models: in training mode, return (class logits, distillation logits)."""
+        self.distilled_training = enable
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """How the head pools the final tokens [B, N, D] (after ``norm``): weights [B, N].
+
+        "token": the class token's one-hot row; distilled: the mean of the class and
+        distillation tokens (the head averages their logits); "avg": 1/N on every patch token;
+        "seq": the sequence-pooling softmax; "" (no pooling): the class token if there is one,
+        else the patch mean. Attention maps (``keymodels.explain``) are read out with it.
+        """
+        B, N, _ = tokens.shape
+        if self.global_pool == "seq":
+            return self.attn_pool.weights(tokens)
+        q = tokens.new_zeros(B, N)
+        if self.num_prefix_tokens and self.global_pool != "avg":
+            q[:, : self.num_prefix_tokens] = 1.0 / self.num_prefix_tokens
+        else:
+            q[:, self.num_prefix_tokens :] = 1.0 / (N - self.num_prefix_tokens)
+        return q
+
+    def forward_attention(
+        self, x: Tensor, return_readout: bool = False
+    ) -> tuple[Tensor, list[Tensor]] | tuple[Tensor, list[Tensor], Tensor]:
         """Logits and every block's per-head attention weights, [B, H, N, N] each, in one pass.
 
         The weights stay in the autograd graph, so gradients with respect to them can be taken.
+        With ``return_readout`` also the head's pooling weights over the tokens [B, N]
+        (:meth:`readout`).
         """
         x = self._embed(x)
         attentions = []
         for block in self.blocks:
             x, weights = block(x, need_weights=True)
             attentions.append(weights)
-        return self.forward_head(self.norm(x)), attentions
+        x = self.norm(x)
+        logits = self.forward_head(x)
+        if return_readout:
+            return logits, attentions, self.readout(x)
+        return logits, attentions
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new (zero-initialised) head with ``num_classes`` outputs."""
         if global_pool is not None:
+            ViTConfig.from_dict({**dataclasses.asdict(self.config), "global_pool": global_pool})
+            if (global_pool == "seq") != (self.attn_pool is not None):
+                raise InvalidInputError(
+                    "reset_classifier cannot switch to or from global_pool='seq'"
+                )
             self.config = dataclasses.replace(self.config, global_pool=global_pool)
             self.global_pool = global_pool
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
@@ -320,6 +475,13 @@ class VisionTransformer(nn.Module):
         if num_classes:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if self.dist_token is not None:
+            self.head_dist = (
+                nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
+            )
+            if num_classes:
+                nn.init.zeros_(self.head_dist.weight)
+                nn.init.zeros_(self.head_dist.bias)
 
     def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
         """Write config.json + model.safetensors (see ``keymodels.pretrained.save_pretrained``)."""
@@ -378,4 +540,46 @@ _register(
     depth=6,
     num_heads=4,
     **_SMALL,
+)
+
+# -- small data (see the module docstring for the papers) -------------------------------------
+
+# DeiT-Ti with the distillation token (Touvron et al. 2021): timm's deit_tiny_distilled_patch16_224.
+_register("deit_tiny_distilled_patch16_224", distilled=True, **_SIZES["tiny"])
+
+# Compact Convolutional Transformers (Hassani et al. 2021): cct_{layers}_{kernel}x{conv layers}_{img}.
+# patch_size = 2**conv layers (each conv stage max-pools by 2); no class token, sequence pooling,
+# no qkv bias, LayerNorm eps 1e-5, as SHI-Labs/Compact-Transformers.
+_CCT = dict(stem="cct", class_token=False, global_pool="seq", qkv_bias=False, norm_eps=1e-5)
+_register(  # the paper's CIFAR-10 model, 3.76 M parameters
+    "cct_7_3x1_32", img_size=32, patch_size=2, num_classes=10, embed_dim=256, depth=7,
+    num_heads=4, mlp_ratio=2.0, **_CCT,
+)  # fmt: skip
+_register(  # the paper's smallest CIFAR-10 model, 0.28 M parameters
+    "cct_2_3x2_32", img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=2,
+    num_heads=2, mlp_ratio=1.0, **_CCT,
+)  # fmt: skip
+_GREY = dict(in_chans=1, num_classes=10)
+_register(
+    "cct_4_3x2_28", img_size=28, patch_size=4, embed_dim=128, depth=4, num_heads=2,
+    mlp_ratio=2.0, **_GREY, **_CCT,
+)  # fmt: skip
+_register(
+    "cct_7_3x2_28", img_size=28, patch_size=4, embed_dim=256, depth=7, num_heads=4,
+    mlp_ratio=2.0, **_GREY, **_CCT,
+)  # fmt: skip
+_register(
+    "cct_2_3x1_8", img_size=8, patch_size=2, embed_dim=64, depth=2, num_heads=4,
+    mlp_ratio=2.0, **_GREY, **_CCT,
+)  # fmt: skip
+
+# Fashion-MNIST ablation: vit_fmnist_patch4_28's size with one idea each.
+_FMNIST = dict(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=4)
+_register("vit_fmnist_convstem_patch4_28", stem="conv", **_FMNIST, **_SMALL)
+_register("vit_fmnist_spt_lsa_patch4_28", stem="spt", lsa=True, **_FMNIST, **_SMALL)
+_register(
+    "deit_fmnist_distilled_patch4_28",
+    distilled=True,
+    **_FMNIST,
+    **{**_SMALL, "class_token": True, "global_pool": "token"},
 )

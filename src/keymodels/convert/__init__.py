@@ -115,7 +115,9 @@ def from_keymodels(
     """A keymodels model's weights in format ``fmt`` (for ``"hf"``: use :func:`save`, which adds
     the config.json)."""
     _check_format(fmt)
-    if fmt in ("timm", "keymodels"):
+    if fmt == "keymodels":  # every feature: the state dict as it is
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    if fmt == "timm":
         return timm.from_keymodels(model)
     if fmt == "torchvision":
         return torchvision.from_keymodels(model)

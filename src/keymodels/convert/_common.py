@@ -185,14 +185,20 @@ def as_compute_dtype(state: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
     fp16/bf16 weights are widened (lossless), so the model takes the float32 batches every
     keymodels preprocessing produces; integer or boolean tensors cannot be weights and are refused.
     """
-    wrong = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
+    # BatchNorm's step counter (conv stem) is an integer buffer by design, not a weight.
+    counter = "num_batches_tracked"
+    wrong = [
+        f"{k} ({v.dtype})"
+        for k, v in state.items()
+        if not v.is_floating_point() and not k.endswith(counter)
+    ]
     if wrong:
         more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
         raise ConversionError(
             f"the {fmt} weights hold non-floating-point tensors: {', '.join(wrong[:3])}{more}; "
             "ViT weights are float32, float16 or bfloat16 (is the file quantized or not a ViT?)"
         )
-    return {k: v.float() for k, v in state.items()}
+    return {k: v if k.endswith(counter) else v.float() for k, v in state.items()}
 
 
 def build(config: ViTConfig, state: dict[str, Tensor], fmt: str) -> VisionTransformer:
@@ -250,3 +256,52 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConversionError(f"{path} does not hold a flat dict of tensors (a state dict)")
     return state
+
+
+# What a small-data ViT has that the other libraries' plain ViTs lack, with the words to say so.
+_FEATURES = {
+    "conv": "convolutional stem (stem='conv')",
+    "cct": "CCT convolutional tokenizer (stem='cct')",
+    "spt": "shifted patch tokenization (stem='spt')",
+    "lsa": "locality self-attention (lsa=True)",
+    "seq": "sequence pooling (global_pool='seq')",
+    "distilled": "distillation token (distilled=True)",
+}
+
+
+def reject_unsupported_features(
+    config: ViTConfig, target: str, allow_distilled: bool = False
+) -> None:
+    """Raise a ConversionError naming each small-data feature that ``target``'s ViT lacks."""
+    features = []
+    if config.stem != "patch":
+        features.append(_FEATURES[config.stem])
+    if config.lsa:
+        features.append(_FEATURES["lsa"])
+    if config.global_pool == "seq":
+        features.append(_FEATURES["seq"])
+    if config.distilled and not allow_distilled:
+        features.append(_FEATURES["distilled"])
+    if features:
+        raise ConversionError(
+            f"{target} has no {' and no '.join(features)}; save with save_pretrained "
+            "(keymodels format) or export to ONNX instead"
+        )
+
+
+def reject_small_data_state(state: dict[str, Tensor], source: str) -> None:
+    """A keymodels state dict of a conv/CCT/SPT/LSA/seq-pool model: its config cannot be read
+    from the tensors, so say where it can be loaded from instead of building a wrong model."""
+    found = []
+    if "patch_embed.proj.weight" not in state and any(k.startswith("patch_embed.") for k in state):
+        found.append("a convolutional or shifted-patch stem")  # no patchify conv
+    if any(k.endswith("attn.temperature") for k in state):
+        found.append(_FEATURES["lsa"])
+    if "attn_pool.attention_pool.weight" in state:
+        found.append(_FEATURES["seq"])
+    if found:
+        raise ConversionError(
+            f"these weights have {' and '.join(found)}, which {source}'s ViT has not, and which "
+            "cannot be read from the tensors; load the keymodels directory (config.json + "
+            "model.safetensors) with from_pretrained instead"
+        )

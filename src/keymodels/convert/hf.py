@@ -14,7 +14,13 @@ import torch
 from torch import Tensor
 
 from ..vit import VisionTransformer, ViTConfig
-from ._common import ConversionError, count_blocks, reject_unused, require
+from ._common import (
+    ConversionError,
+    count_blocks,
+    reject_unsupported_features,
+    reject_unused,
+    require,
+)
 
 FORMAT = "Hugging Face"
 
@@ -174,6 +180,7 @@ def from_keymodels(
     the pre-logits layer as its tanh pooler).
     """
     c = model.config
+    reject_unsupported_features(c, "transformers' ViT")
     unsupported = {
         "class_token=False / global_pool != 'token' (HF ViT classifies from the class token)": (
             not c.class_token or c.global_pool != "token"

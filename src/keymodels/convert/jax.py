@@ -18,7 +18,13 @@ from torch import Tensor
 
 from ..checkpoint import atomic_write
 from ..vit import VisionTransformer, ViTConfig
-from ._common import ConversionError, count_blocks, reject_unused, require
+from ._common import (
+    ConversionError,
+    count_blocks,
+    reject_unsupported_features,
+    reject_unused,
+    require,
+)
 
 FORMAT = "JAX .npz"
 _LN = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_2"}
@@ -144,6 +150,7 @@ def to_keymodels(arrays: dict[str, Tensor]) -> tuple[dict[str, Tensor], ViTConfi
 def from_keymodels(model: VisionTransformer) -> dict[str, Tensor]:
     """keymodels model -> Google ``.npz`` arrays (as tensors; :func:`write_npz` saves them)."""
     c = model.config
+    reject_unsupported_features(c, "the Google (JAX) ViT")
     if isinstance(model.fc_norm, torch.nn.LayerNorm) or c.init_values:
         raise ConversionError(
             "the Google ViT has no fc_norm and no LayerScale; export this model to timm instead"

@@ -12,7 +12,14 @@ from typing import Any
 from torch import Tensor
 
 from ..vit import VisionTransformer, ViTConfig
-from ._common import ConversionError, count_blocks, require, resolve_heads
+from ._common import (
+    ConversionError,
+    count_blocks,
+    reject_small_data_state,
+    reject_unsupported_features,
+    require,
+    resolve_heads,
+)
 
 FORMAT = "timm"
 
@@ -25,9 +32,12 @@ def config_from_state_dict(
 ) -> tuple[ViTConfig, list[str]]:
     """The ``ViTConfig`` that a timm-layout state dict was built with, and notes on what was inferred."""
     notes = []
+    reject_small_data_state(state, "timm")
     D, C, P, _ = require(state, "patch_embed.proj.weight", FORMAT).shape
     class_token = "cls_token" in state
-    n_pos = require(state, "pos_embed", FORMAT).shape[1] - int(class_token)
+    # DeiT's distilled models (timm's VisionTransformerDistilled): a second prefix token.
+    distilled = "dist_token" in state
+    n_pos = require(state, "pos_embed", FORMAT).shape[1] - int(class_token) - int(distilled)
     side = math.isqrt(n_pos)
     if "img_size" not in overrides:
         if side * side != n_pos:
@@ -40,7 +50,7 @@ def config_from_state_dict(
     # timm puts the final norm after pooling (fc_norm) exactly for average pooling; without a
     # class token only average pooling is possible.
     global_pool = "avg" if use_fc_norm or not class_token else "token"
-    if class_token and "global_pool" not in overrides:
+    if class_token and not distilled and "global_pool" not in overrides:
         notes.append(f"pooling read as {global_pool!r} (pass global_pool= if it was otherwise)")
     fields: dict[str, Any] = dict(
         patch_size=P,
@@ -51,6 +61,7 @@ def config_from_state_dict(
         mlp_ratio=fc1.shape[0] / D,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         class_token=class_token,
+        distilled=distilled,
         global_pool=global_pool,
         fc_norm=use_fc_norm,
         init_values=1.0 if "blocks.0.ls1.gamma" in state else None,  # the value comes with gamma
@@ -76,5 +87,9 @@ def to_keymodels(
 
 
 def from_keymodels(model: VisionTransformer) -> dict[str, Tensor]:
-    """keymodels model -> timm state dict (the same names and tensors)."""
+    """keymodels model -> timm state dict (the same names and tensors).
+
+    A distilled model's state dict is timm's ``VisionTransformerDistilled`` (``deit_*_distilled``).
+    """
+    reject_unsupported_features(model.config, "timm's VisionTransformer", allow_distilled=True)
     return {k: v.detach() for k, v in model.state_dict().items()}

@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from ..vit import VisionTransformer, ViTConfig
-from ._common import ConversionError, count_blocks, reject_unused, require, resolve_heads
+from ._common import (
+    ConversionError,
+    count_blocks,
+    reject_unsupported_features,
+    reject_unused,
+    require,
+    resolve_heads,
+)
 
 FORMAT = "torchvision"
 
@@ -97,6 +104,7 @@ def to_keymodels(
 def from_keymodels(model: VisionTransformer) -> dict[str, Tensor]:
     """keymodels model -> torchvision ``VisionTransformer`` state dict."""
     c = model.config
+    reject_unsupported_features(c, "torchvision's VisionTransformer")
     bad = {
         "a class token with token pooling": not c.class_token or c.global_pool != "token",
         "the final norm before pooling (no fc_norm)": isinstance(model.fc_norm, torch.nn.LayerNorm),

@@ -1,6 +1,6 @@
 """Data for training image classifiers: loaders, safe image decoding, transforms, recipes.
 
-``load_dataset(name, data_dir)`` gives train/test splits; ``get_recipe(name)`` a full training recipe.
+``load_dataset(name, data_dir)`` gives train/val/test splits; ``get_recipe(name)`` a full training recipe.
 """
 
 from .datasets import (
@@ -14,6 +14,9 @@ from .datasets import (
     read_cifar_batch,
     read_idx,
     scan_image_folder,
+    split_train,
+    stratified_split,
+    subset,
 )
 from .images import MAX_PIXELS, ImageDecodeError, load_image, to_mode
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
@@ -49,6 +52,9 @@ __all__ = [
     "read_cifar_batch",
     "read_idx",
     "scan_image_folder",
+    "split_train",
+    "stratified_split",
+    "subset",
     "to_mode",
     "train_transform",
 ]

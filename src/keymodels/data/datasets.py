@@ -1,13 +1,16 @@
 """Image classification data sets from local files: digits, MNIST, Fashion-MNIST, CIFAR, ImageFolder.
 
-Every loader returns a :class:`DataSplits` (train and test data sets without transforms, class
-names, channel count); missing, truncated or inconsistent files raise :class:`DataError` naming them.
+Every loader returns a :class:`DataSplits` (train, validation and test data sets without
+transforms, class names, channel count); missing, truncated or inconsistent files raise
+:class:`DataError` naming them. :func:`load_dataset` holds the validation split out of the
+training data (stratified by class, fixed by the seed) unless the source has its own.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import pickle
 import zlib
@@ -122,12 +125,73 @@ def collate_skip(batch: list[Any]) -> tuple[Tensor, Tensor, int]:
 
 @dataclass
 class DataSplits:
-    """Train and test data sets (no transforms yet), their class names and channel count."""
+    """Train, validation and test data sets (no transforms yet), class names and channel count.
+
+    ``val`` picks the best checkpoint; ``test`` is evaluated once, at the end (None: the source
+    has no test split). A loader may leave ``val`` None; :func:`load_dataset` then holds it out.
+    """
 
     train: ArrayDataset | ImageFileDataset
-    test: ArrayDataset | ImageFileDataset
+    test: ArrayDataset | ImageFileDataset | None
     classes: list[str]
     in_chans: int
+    val: ArrayDataset | ImageFileDataset | None = None
+
+
+def subset(ds: ArrayDataset | ImageFileDataset, index: Tensor) -> ArrayDataset | ImageFileDataset:
+    """The items ``index`` of ``ds``, as a data set of the same kind (no transform)."""
+    if isinstance(ds, ArrayDataset):
+        return ArrayDataset(ds.images[index], ds.labels[index])
+    samples = [ds.samples[int(i)] for i in index]
+    return ImageFileDataset(samples, ds.mode, on_error=ds.on_error, max_pixels=ds.max_pixels)
+
+
+def stratified_split(
+    labels: Tensor,
+    n_pick: int,
+    seed: int,
+    classes: list[str],
+    what: str,
+    need_rest: bool = True,
+    fraction: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Split indices ``0..N-1`` into ``(picked, rest)``: ``n_pick`` of them, stratified by class.
+
+    Each class gives its share of ``n_pick`` (largest remainders rounded up, ties to the lower
+    class index), or with ``fraction``, ``round(fraction × its count)`` and at least one; which
+    items, is fixed by ``seed``. ``what`` names the picked part in errors.
+
+    Raises:
+        DataError: a class present in ``labels`` would have no picked or no remaining item.
+    """
+    labels = labels.long()
+    n = len(labels)
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    if fraction is not None:  # per class, at least one (as long as one is left)
+        take = [min(max(1, round(c * fraction)), c) for c in counts]
+        n_pick = sum(take)
+    else:
+        exact = [c * n_pick / n for c in counts]
+        take = [math.floor(e) for e in exact]
+        order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - take[c]), c))
+        for c in order[: n_pick - sum(take)]:
+            take[c] += 1
+    gen = torch.Generator().manual_seed(seed)
+    picked, rest = [], []
+    for c, (count, k) in enumerate(zip(counts, take)):
+        if count == 0:
+            continue
+        if k == 0 or (need_rest and k == count):
+            empty = f"no {what} image" if k == 0 else "no training image left"
+            raise DataError(
+                f"class {classes[c]!r} ({count} image(s)) would have {empty} when {n_pick} of "
+                f"{n} images are taken for {what}; change the {what} share or add images"
+            )
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(count, generator=gen)]
+        picked.append(idx[:k])
+        rest.append(idx[k:])
+    return torch.sort(torch.cat(picked)).values, torch.sort(torch.cat(rest)).values
 
 
 def check_labels(labels: Tensor, num_classes: int, source: str) -> None:
@@ -222,12 +286,17 @@ def load_mnist(
             )
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         for path, arr, ndim in ((paths[0], images, 3), (paths[1], labels, 1)):
-            if arr.ndim != ndim or len(arr) != count:
+            if arr.ndim != ndim:
                 raise DataError(
-                    f"{path}: holds {arr.shape[0] if arr.ndim else 0} items of shape "
-                    f"{arr.shape[1:]}; the official file holds {count} "
-                    f"({'28×28 images' if ndim == 3 else 'labels'}); it is truncated or the wrong file"
+                    f"{path}: holds items of shape {arr.shape[1:]}; expected "
+                    f"{'images [N, H, W]' if ndim == 3 else 'labels [N]'}: it is the wrong file"
                 )
+            if len(arr) != count:  # a subset or an extension of the official data set
+                log.info("%s: %d items (the official file holds %d)", path, len(arr), count)
+        if len(images) != len(labels):
+            raise DataError(
+                f"{paths[0]} holds {len(images)} images but {paths[1]} {len(labels)} labels"
+            )
         labels_t = torch.from_numpy(labels.astype(np.int64))
         check_labels(labels_t, 10, str(paths[1]))
         splits[split] = ArrayDataset(torch.from_numpy(images.copy())[:, None], labels_t)
@@ -391,39 +460,39 @@ def load_image_folder(
     on_error: str = "skip",
     max_pixels: int = MAX_PIXELS,
 ) -> DataSplits:
-    """A class-per-folder tree; ``root/train`` + ``root/val`` (or ``test``) if present, else a split.
+    """A class-per-folder tree: ``root/train`` with ``root/val`` and/or ``root/test``, else ``root``.
 
-    The split is stratified: ``val_fraction`` of each class (at least one image) chosen by ``seed``.
+    Without a ``val`` folder the validation split is left to :func:`load_dataset` (held out of
+    the training images); without a ``test`` folder there is no test split.
     """
     root = Path(root)
     mode = {1: "L", 3: "RGB"}.get(in_chans)
     if mode is None:
         raise DataError(f"image folders give 1 (greyscale) or 3 (RGB) channels; got {in_chans}")
-    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        train, classes = scan_image_folder(root / "train")
-        test, val_classes = scan_image_folder(val_dir, min_classes=1, allow_empty=True)
-        extra = sorted(set(val_classes) - set(classes))
+    test_dir = root / "test" if (root / "test").is_dir() else None
+    val_dir = root / "val" if (root / "val").is_dir() else None
+
+    def files(folder: Path | None, classes: list[str]) -> ImageFileDataset | None:
+        if folder is None:
+            return None
+        found, names = scan_image_folder(folder, min_classes=1, allow_empty=True)
+        extra = sorted(set(names) - set(classes))
         if extra:
-            raise DataError(f"{val_dir} has classes {extra} that {root / 'train'} does not have")
-        test = [(p, classes.index(val_classes[label])) for p, label in test]
+            raise DataError(f"{folder} has classes {extra} that the training images do not have")
+        found = [(p, classes.index(names[label])) for p, label in found]
+        return ImageFileDataset(found, mode, on_error=on_error, max_pixels=max_pixels)
+
+    if (root / "train").is_dir() and (val_dir or test_dir):
+        train, classes = scan_image_folder(root / "train")
     else:
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"val_fraction must be in (0, 1); got {val_fraction}")
-        samples, classes = scan_image_folder(root)
-        rng = np.random.default_rng(seed)
-        train, test = [], []
-        for c in range(len(classes)):
-            items = [s for s in samples if s[1] == c]
-            order = rng.permutation(len(items))
-            n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-            test += [items[i] for i in order[:n_val]]
-            train += [items[i] for i in order[n_val:]]
+        train, classes = scan_image_folder(root)
+        val_dir = test_dir = None
     return DataSplits(
         ImageFileDataset(train, mode, on_error=on_error, max_pixels=max_pixels),
-        ImageFileDataset(test, mode, on_error=on_error, max_pixels=max_pixels),
+        files(test_dir, classes),
         classes,
         in_chans,
+        val=files(val_dir, classes),
     )
 
 
@@ -437,21 +506,86 @@ def load_dataset(
     seed: int = 0,
     download: bool = False,
     val_fraction: float = 0.1,
+    val_size: int | None = None,
+    train_subset: int | None = None,
     in_chans: int = 3,
     on_error: str = "skip",
     max_pixels: int = MAX_PIXELS,
 ) -> DataSplits:
-    """Load data set ``name`` (one of :data:`DATASETS`) from ``data_dir``."""
+    """Load data set ``name`` (one of :data:`DATASETS`) from ``data_dir``, with a validation split.
+
+    Args:
+        seed: fixes the validation hold-out and the training subset.
+        val_fraction: share of the training data held out for validation (stratified by class)
+            when the source has no validation split of its own; ``val_size`` (an image count)
+            takes precedence.
+        train_subset: keep only this many training images (stratified, after the hold-out).
+
+    Raises:
+        DataError: missing or bad files; a split that leaves a class without validation or
+            training images (naming it); ``train_subset`` above the training images or below
+            the number of classes.
+    """
     if name not in DATASETS:
         raise unknown_name("data set", name, DATASETS)
     if name == "digits":
-        return load_digits(seed=0)  # the split stays fixed whatever the training seed
-    if data_dir is None:
+        splits = load_digits(seed=0)  # the test split stays fixed whatever the training seed
+    elif data_dir is None:
         raise DataError(
             f"data set {name!r} needs --data-dir PATH (data_dir=PATH): the folder with its files"
         )
-    if name in ("mnist", "fashion-mnist"):
-        return load_mnist(data_dir, fashion=name == "fashion-mnist", download=download)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(data_dir, 10 if name == "cifar10" else 100, download=download)
-    return load_image_folder(data_dir, val_fraction, seed, in_chans, on_error, max_pixels)
+    elif name in ("mnist", "fashion-mnist"):
+        splits = load_mnist(data_dir, fashion=name == "fashion-mnist", download=download)
+    elif name in ("cifar10", "cifar100"):
+        splits = load_cifar(data_dir, 10 if name == "cifar10" else 100, download=download)
+    else:
+        splits = load_image_folder(data_dir, val_fraction, seed, in_chans, on_error, max_pixels)
+    return split_train(splits, seed, val_fraction, val_size, train_subset)
+
+
+def split_train(
+    splits: DataSplits,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    val_size: int | None = None,
+    train_subset: int | None = None,
+) -> DataSplits:
+    """Hold the validation split out of ``splits.train`` (unless it has one) and take the
+    training subset; see :func:`load_dataset`."""
+    labels, n = splits.train.labels, len(splits.train)
+    if splits.val is None:
+        if val_size is not None and not 0 < val_size < n:
+            raise DataError(
+                f"val_size={val_size} (--val-size): the validation split must hold between 1 "
+                f"and {n - 1} of the {n} training images"
+            )
+        if val_size is None and not 0.0 < val_fraction < 1.0:
+            raise DataError(f"val_fraction must be in (0, 1); got {val_fraction}")
+        fraction = val_fraction if val_size is None else None
+        val, rest = stratified_split(
+            labels, val_size or 0, seed, splits.classes, "validation", fraction=fraction
+        )
+        splits.val, splits.train = subset(splits.train, val), subset(splits.train, rest)
+    if train_subset is not None:
+        n, k = len(splits.train), len(splits.classes)
+        if train_subset > n:
+            raise DataError(
+                f"train_subset={train_subset} (--train-subset) is more than the {n} training "
+                "images left after the validation hold-out"
+            )
+        if train_subset < k:
+            raise DataError(
+                f"train_subset={train_subset} (--train-subset) is fewer than the {k} classes: "
+                "every class needs a training image"
+            )
+        if train_subset < n:
+            picked, _ = stratified_split(
+                splits.train.labels,
+                train_subset,
+                seed + 1,
+                splits.classes,
+                "training subset",
+                need_rest=False,
+            )
+            splits.train = subset(splits.train, picked)
+    return splits

@@ -13,6 +13,10 @@ from ..errors import InvalidInputError, check_number, reject_unknown_fields, unk
 from ..registry import list_models
 from .transforms import Augment
 
+# The registered model families a recipe may train (image classifiers taking img_size,
+# in_chans and num_classes overrides).
+CLASSIFIER_FAMILIES = ("vit_*", "deit_*", "cct_*", "resnet*")
+
 
 @dataclass
 class Recipe:
@@ -36,14 +40,17 @@ class Recipe:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     augment: Augment = field(default_factory=Augment)
     workers: int = 0  # DataLoader worker processes (decoding image files wants 2 or more)
-    val_fraction: float = 0.1  # image folders without train/ and val/: share held out
+    val_fraction: float = 0.1  # share of the training data held out for validation
+    val_size: int | None = None  # images held out for validation (precedence over val_fraction)
+    train_subset: int | None = None  # few-data runs: a stratified subset of the training images
     seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = Augment(**self.augment)
-        if self.model not in list_models("vit_*"):
-            raise unknown_name("ViT model", self.model, list_models("vit_*"))
+        models = [m for p in CLASSIFIER_FAMILIES for m in list_models(p)]
+        if self.model not in models:
+            raise unknown_name("image-classification model", self.model, models)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -59,6 +66,9 @@ class Recipe:
         for name in ("label_smoothing", "ema"):
             check_number(name, getattr(self, name), low=0.0, high=1.0)
         check_number("val_fraction", self.val_fraction, low=0.0, high=1.0, low_open=True)
+        for name in ("val_size", "train_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1 (or None); got {getattr(self, name)}")
         if self.workers < 0:
             raise InvalidInputError(
                 f"workers must be >= 0 (0: load in the main process); got {self.workers}"
@@ -93,20 +103,21 @@ RECIPES: dict[str, Recipe] = {
             # mirror is the only augmentation that pays for itself.
             name="fashion-mnist", dataset="fashion-mnist", model="vit_fmnist_patch4_28",
             epochs=8, batch_size=128, lr=2e-3, warmup_epochs=0.5, augment=Augment(hflip=True),
+            val_size=5000,
         ),
         Recipe(
             name="fashion-mnist-long", dataset="fashion-mnist", model="vit_fmnist_s_patch4_28",
-            epochs=60, batch_size=128, lr=1.5e-3, warmup_epochs=3, ema=0.9998,
+            epochs=60, batch_size=128, lr=1.5e-3, warmup_epochs=3, ema=0.9998, val_size=5000,
             model_overrides={"drop_path_rate": 0.1},
             augment=Augment(crop_padding=2, hflip=True, auto_augment="trivial", random_erasing=0.25),
         ),
         Recipe(
             name="mnist", dataset="mnist", model="vit_fmnist_patch4_28",
-            epochs=10, batch_size=128, lr=2e-3, augment=Augment(crop_padding=2),
+            epochs=10, batch_size=128, lr=2e-3, augment=Augment(crop_padding=2), val_size=5000,
         ),
         Recipe(
             name="cifar10", dataset="cifar10", model="vit_nano_patch4_32",
-            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2,
+            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2, val_size=5000,
             model_overrides={"drop_path_rate": 0.1},
             augment=Augment(crop_padding=4, hflip=True, auto_augment="trivial",
                             random_erasing=0.25, mixup=0.8, cutmix=1.0),
@@ -114,7 +125,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="cifar100", dataset="cifar100", model="vit_nano_patch4_32",
             model_overrides={"num_classes": 100, "drop_path_rate": 0.1},
-            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2,
+            epochs=100, batch_size=128, lr=1e-3, warmup_epochs=5, workers=2, val_size=5000,
             augment=Augment(crop_padding=4, hflip=True, auto_augment="trivial",
                             random_erasing=0.25, mixup=0.8, cutmix=1.0),
         ),
