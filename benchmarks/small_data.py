@@ -62,9 +62,7 @@ def keymodels_cmd() -> list[str]:
     return [sys.executable, "-m", "keymodels"]
 
 
-def run_one(
-    name: str, recipe: str, extra: list[str], args: argparse.Namespace, out: Path
-) -> dict:
+def run_one(name: str, recipe: str, extra: list[str], args: argparse.Namespace, out: Path) -> dict:
     """One ``keymodels train`` call; its results.json with the wall time and the run folder."""
     run_dir = out / name
     cmd = [*keymodels_cmd(), "train", "--recipe", recipe, "--out", str(run_dir), "--force"]

@@ -139,6 +139,33 @@ def test_unknown_method_and_missing_model(files, tmp_path, capsys):
     assert "nothing" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_a_cnn_run_is_refused_in_one_clear_line(tmp_path, capsys, precision):
+    """A ResNet has no attention to explain: exit 2 with a clear message, before anything
+    touches the model ("auto" would time its missing forward_attention), and nothing written."""
+    from keymodels import create_model
+
+    model = create_model("resnet10_28")
+    c = model.config
+    meta = {
+        "model_name": "resnet10_28", "config": c.to_dict(), "class_names": CLASSES,
+        "mean": [0.5], "std": [0.25], "img_size": [28, 28], "in_chans": 1, "epoch": 1,
+        "val_acc": 0.5, "val_loss": 1.0, "eval_split": "val",
+    }  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.safetensors", Checkpoint(model=model.state_dict(), meta=meta))
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(image)
+    out = tmp_path / "explained" / "out.png"
+    assert explain(run, image, "--precision", precision, "--out", out) == 2
+    err = one_line_error(capsys)
+    what = "holds a ResNet, not a Vision Transformer: attention explanation needs a ViT"
+    assert f"{run} {what}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "run"]
+    assert [p.name for p in run.iterdir()] == ["best.safetensors"]
+
+
 def test_demo_part(tmp_path, capsys):
     demo_part(tmp_path)
     assert "skipped: no trained digits ViT" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from keymodels import InvalidInputError, ResNet, ResNetConfig, create_model, fro
 from keymodels.checkpoint import (
     Checkpoint,
     CheckpointMismatchError,
+    load_checkpoint,
     save_checkpoint,
 )
 from keymodels.convert import ConversionError
@@ -239,6 +240,28 @@ def test_run_folder_loads_predicts_and_evaluates(tmp_path: Path) -> None:
     labels = loaded(x).argmax(1)
     result = evaluate(loaded, [(x, labels, 0)], 10)
     assert result["acc"] == 1.0 and result["n"] == 4
+
+
+def test_run_info_tells_validation_from_test_accuracy(tmp_path: Path) -> None:
+    _write_run(tmp_path, create_model("resnet10_28"), "resnet10_28")  # epoch 1, val_acc 0.5
+    info = load_run(tmp_path)[1]
+    assert (info["val_acc"], info["test_acc"]) == (0.5, None)  # no test accuracy yet
+    results = tmp_path / "results.json"
+    # The test split is evaluated once, at the end, with the best weights (results.json).
+    results.write_text(json.dumps({"best_epoch": 1, "epochs": 3, "test_acc": 0.25}))
+    info = load_run(tmp_path)[1]
+    assert (info["val_acc"], info["test_acc"]) == (0.5, 0.25)
+    results.write_text(json.dumps({"best_epoch": 2, "epochs": 3, "test_acc": 0.25}))
+    assert load_run(tmp_path)[1]["test_acc"] is None  # another epoch's weights were tested
+    results.write_text(json.dumps({"best_epoch": None, "epochs": 1, "test_acc": 0.3}))
+    assert load_run(tmp_path)[1]["test_acc"] == 0.3  # no best checkpoint: the last was tested
+    # Runs from before the validation split (no eval_split): their "val_acc" was the test split's.
+    results.unlink()
+    ckpt = load_checkpoint(tmp_path / "best.safetensors")
+    old = {k: v for k, v in ckpt.meta.items() if k != "eval_split"}
+    save_checkpoint(tmp_path / "best.safetensors", Checkpoint(ckpt.model, ckpt.state, old))
+    info = load_run(tmp_path)[1]
+    assert (info["val_acc"], info["test_acc"]) == (None, 0.5)
 
 
 def test_vit_only_uses_refuse_a_cnn_run_clearly(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ def test_vit_train_into_a_trained_run_is_refused_and_leaves_it_untouched(
     before = snapshot(vit_run)
     err = error_of(["train", *VIT_ARGS, "--out", str(vit_run)], capsys)
     assert "already holds a trained ViT classifier run" in err and "epoch 1" in err
+    # Each score named by its split: validation from the checkpoint, test from results.json.
+    assert "validation accuracy" in err and "test accuracy" in err
     assert "--resume" in err and "--force" in err and "another --out" in err
     assert snapshot(vit_run) == before  # byte for byte: checkpoints, metrics.csv, plots
 

@@ -260,6 +260,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module, dict[str, An
         "in_chans": c.in_chans,
         "recipe": {},
         "epoch": None,
+        "val_acc": None,
         "test_acc": None,
         "data_dir": None,
         "checkpoint": str(folder / WEIGHTS_NAME),

@@ -190,10 +190,38 @@ def _trained(path: Path) -> str | None:
     details = list(present)
     if meta.get("epoch") is not None:
         details.append(f"epoch {meta['epoch']}")
-    acc = meta.get("test_acc", meta.get("val_acc"))  # "val_acc": ViT runs before the Run object
-    if isinstance(acc, (int, float)):
-        details.append(f"test accuracy {acc:.2%}")
+    scores = recorded_accuracies(path / present[0], meta)
+    for key, label in (("val_acc", "validation accuracy"), ("test_acc", "test accuracy")):
+        if isinstance(scores[key], (int, float)):
+            details.append(f"{label} {scores[key]:.2%}")
     return ", ".join(details)
+
+
+def recorded_accuracies(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
+    """The validation and test accuracy recorded for a classifier's checkpoint, each None when
+    not known: ``{"val_acc": ..., "test_acc": ...}``.
+
+    Runs with a validation split record ``eval_split`` (``"val"``) in their checkpoints: their
+    ``val_acc`` is the validation split's, and the test split is evaluated once, at the end, into
+    the run's ``results.json`` (with the best weights: its ``test_acc`` is this checkpoint's only
+    when the epochs match). Older runs had no validation split and no ``eval_split``: the
+    ``val_acc`` they recorded is the test split's (and some recorded ``test_acc`` itself).
+    """
+    split = meta.get("eval_split")
+    acc = meta.get("val_acc")
+    if split is None:  # runs before the validation split: evaluated on the test split
+        return {"val_acc": None, "test_acc": meta.get("test_acc", acc)}
+    scores = {"val_acc": acc if split == "val" else None, "test_acc": meta.get("test_acc")}
+    if split == "test" and scores["test_acc"] is None:
+        scores["test_acc"] = acc
+    if scores["test_acc"] is None:
+        results = _read_json(Path(checkpoint).parent / "results.json") or {}
+        tested_epoch = results.get("best_epoch")
+        if tested_epoch is None:  # no best checkpoint: the test split saw the last weights
+            tested_epoch = results.get("epochs")
+        if tested_epoch is not None and tested_epoch == meta.get("epoch"):
+            scores["test_acc"] = results.get("test_acc")
+    return scores
 
 
 # -- who writes to it --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .data import ImageDecodeError, preprocess_images
 from .errors import InvalidInputError
 from .layers import to_2tuple
 from .registry import create_model, list_models
-from .rundir import checkpoint_meta
+from .rundir import checkpoint_meta, recorded_accuracies
 from .runtime import optimize
 from .seq2seq.config import KIND as SEQ2SEQ_KIND
 from .seq2seq.config import TrainConfig
@@ -77,8 +77,13 @@ def load_run(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     Returns:
         ``(model, info)``; ``info`` has ``class_names``, ``model_name`` (None for runs that did
         not record it), ``config`` (the model config's dict), the eval preprocessing ``mean``,
-        ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``, ``epoch``, ``test_acc``
-        (accuracy on the test split when it was saved), ``data_dir``, ``checkpoint``.
+        ``std``, ``img_size`` [H, W], ``in_chans``, and ``recipe``, ``epoch``, ``val_acc``
+        (this checkpoint's accuracy on the validation split, which chose the best checkpoint;
+        None for runs from before the validation split), ``test_acc`` (its accuracy on the test
+        split: from the run's ``results.json``, written once at the end with the best weights,
+        or, for runs from before the validation split, the accuracy they recorded, which was the
+        test split's; None when not known, e.g. a run still training), ``data_dir``,
+        ``checkpoint``.
 
     Raises:
         CheckpointError: no such run, or not a trained classifier's checkpoint.
@@ -111,7 +116,7 @@ def load_run(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         "in_chans": config.in_chans,
         "recipe": meta.get("recipe", {}),
         "epoch": meta.get("epoch"),
-        "test_acc": meta.get("test_acc", meta.get("val_acc")),  # "val_acc": runs before 0.2
+        **recorded_accuracies(ckpt_path, meta),  # "val_acc", "test_acc"
         "data_dir": meta.get("data_dir"),
         "checkpoint": str(ckpt_path),
     }

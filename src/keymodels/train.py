@@ -49,6 +49,7 @@ from .data import (
     train_transform,
 )
 from .data.datasets import check_labels
+from .distill import Teacher, distillation_loss, load_teacher, require_distilled
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -289,6 +290,7 @@ def train_one_epoch(
     partial: dict[str, Any] | None = None,
     stop: GracefulStop | None = None,
     guard: NonFiniteGuard | None = None,
+    teacher: Teacher | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns loss, accuracy, img/s, steps, skipped images and
     ``batches`` (how far it got: all of them unless ``max_steps`` or ``stop`` ended it early).
@@ -329,7 +331,11 @@ def train_one_epoch(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
             logits = model(images)
-            loss = compute_loss(logits.float(), targets, recipe.label_smoothing)
+            if teacher is not None:  # a distilled model in distilled_training gives both heads
+                loss = distillation_loss(logits, targets, teacher(images), recipe.label_smoothing)
+                logits = (logits[0] + logits[1]) / 2  # what the model predicts at eval
+            else:
+                loss = compute_loss(logits.float(), targets, recipe.label_smoothing)
         loss_value = loss.item()
         stop_now = False
         if dist.is_initialized():
@@ -471,6 +477,13 @@ def train(
             val_fraction=recipe.val_fraction, val_size=recipe.val_size,
             train_subset=recipe.train_subset, in_chans=recipe.in_chans or 3, on_error=on_error,
         )  # fmt: skip
+    teacher = None
+    if recipe.teacher:  # checked before the run folder is touched, like the data
+        require_distilled(get_config(recipe.model, **recipe.model_overrides), recipe.model)
+        teacher = load_teacher(
+            recipe.teacher, class_names=splits.classes, in_chans=splits.in_chans,
+            img_size=recipe.img_size or get_config(recipe.model).img_size,
+        )  # fmt: skip
     guard = NonFiniteGuard(on_nonfinite)
     dist_info: DistInfo = init_distributed(device)
     if deterministic:
@@ -481,7 +494,7 @@ def train(
         with Run(out, "vit", resume=resume, force=force, main=dist_info.is_main) as run:
             return _train(
                 recipe, run, splits, data_dir, dist_info, guard, precision=precision,
-                compile=compile, max_steps=max_steps, progress=progress,
+                compile=compile, max_steps=max_steps, progress=progress, teacher=teacher,
             )  # fmt: skip
     finally:
         cleanup()
@@ -499,6 +512,7 @@ def _train(
     compile: bool,
     max_steps: int | None,
     progress: bool,
+    teacher: tuple[nn.Module, dict[str, Any]] | None,
 ) -> TrainResult:
     main, dev, out = dist_info.is_main, dist_info.device, run.out
     seed_everything(recipe.seed)
@@ -580,9 +594,16 @@ def _train(
             where = f", batch {run.partial['batches']}" if run.partial else ""
             log.info("resumed from %s after epoch %d%s", run.last_path, run.epoch, where)
 
+    distiller = None
+    if teacher is not None:
+        distiller = Teacher(teacher[0], mean, std, teacher[1]["mean"], teacher[1]["std"]).to(dev)
+        model.set_distilled_training(True)  # training steps get (class, distillation) logits
+
     def timing_loss(net: nn.Module = model) -> Tensor:  # a step on a random training-shape batch
         images = torch.randn(recipe.batch_size, config.in_chans, *img_size, device=dev)
         labels = torch.randint(config.num_classes, (recipe.batch_size,), device=dev)
+        if distiller is not None:
+            return distillation_loss(net(images), labels, distiller(images), 0.0)
         return F.cross_entropy(net(images).float(), labels)
 
     choice = run.choose_precision(precision, model, timing_loss, dev, dist_info.enabled)
@@ -611,6 +632,8 @@ def _train(
         "keymodels_version": __version__, "world_size": dist_info.world_size,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "eval_split": "val",
         "dataset": recipe.dataset,
+        "teacher": {k: teacher[1][k] for k in ("checkpoint", "model_name", "epoch")}
+        if teacher else None,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val),
                         "test": len(splits.test) if splits.test is not None else None},
     }  # fmt: skip
@@ -660,7 +683,7 @@ def _train(
                 train_model, loader, optimizer, scheduler, scaler, recipe, device=dev, mix=mix,
                 ema=ema, amp_dtype=amp_dtype, max_steps=remaining,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress and main,
-                partial=partial, stop=run.stop, guard=guard,
+                partial=partial, stop=run.stop, guard=guard, teacher=distiller,
             )  # fmt: skip
         except NonFiniteLossError as e:
             raise run.nonfinite(str(e), NONFINITE_HINT) from None
@@ -728,7 +751,7 @@ def _train(
             "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
             "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])) if test else None,
             "confusion": test["confusion"] if test else None, "class_names": splits.classes,
-            "split_sizes": meta["split_sizes"], "unreadable_images": _unreadable_files(splits),
+            "split_sizes": meta["split_sizes"], "teacher": meta["teacher"], "unreadable_images": _unreadable_files(splits),
         }  # fmt: skip
         if test is None:
             results["note"] = (
@@ -736,4 +759,7 @@ def _train(
                 "the validation split, which chose the checkpoint (an optimistic estimate)"
             )
         run.write_json("results.json", results)
+    if distiller is not None:
+        model.set_distilled_training(False)  # one logit vector from now on, as at inference
+    eval_model.eval()
     return TrainResult(eval_model, out, run.best, test_acc, run.epoch, history, results)

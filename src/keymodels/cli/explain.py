@@ -79,7 +79,7 @@ def explain_to_png(
     """
     from ..data import preprocess_images
     from ..hub import load_for_inference
-    from ..runs import check_finite_outputs
+    from ..runs import check_finite_outputs, require_vit
 
     out = _check_out(out, force)
     if top_k < 1:
@@ -94,6 +94,8 @@ def explain_to_png(
         if not Path(p).is_file():
             raise InvalidInputError(f"image {p} does not exist (or is not a file)")
     model, info = load_for_inference(model_path)
+    # First: a ResNet has no attention (nor forward_attention for the "auto" precision timing).
+    require_vit(model, str(model_path), "attention explanation")
     class_names = info["class_names"]
     images = preprocess_images([Path(p) for p in image_paths], info)
     index = _class_index(class_name, class_names)

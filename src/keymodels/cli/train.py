@@ -43,7 +43,7 @@ RECIPE_FLAGS = {
     "min_lr": "min_lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
     "label_smoothing": "label_smoothing", "clip_grad": "clip_grad", "ema": "ema",
     "workers": "workers", "seed": "seed", "img_size": "img_size", "val_fraction": "val_fraction",
-    "val_size": "val_size", "train_subset": "train_subset",
+    "val_size": "val_size", "train_subset": "train_subset", "teacher": "teacher",
 }  # fmt: skip
 AUGMENT_FLAGS = ("crop_padding", "random_resized_crop", "hflip", "auto_augment", "random_erasing",
                  "mixup", "cutmix")  # fmt: skip
@@ -63,6 +63,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         base = Recipe.from_dict(json.loads(stored.read_text())["recipe"])
     else:
         base = get_recipe(args.recipe)
+    if overrides.get("teacher"):  # a resume compares it with the recorded one
+        overrides["teacher"] = str(Path(overrides["teacher"]).resolve())
     if args.drop_path is not None:
         overrides["model_overrides"] = {**base.model_overrides, "drop_path_rate": args.drop_path}
     d = base.to_dict()
@@ -272,6 +274,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                       ("drop-path", float), ("crop-padding", int), ("random-erasing", float),
                       ("random-resized-crop", float), ("mixup", float), ("cutmix", float)]:  # fmt: skip
         g.add_argument(f"--{flag}", type=typ)
+    g.add_argument(
+        "--teacher", metavar="RUN_DIR",
+        help="DeiT hard distillation: a trained classifier's run folder labels the batches for the "
+        "student's distillation token (a 'deit_*distilled*' --model)",
+    )  # fmt: skip
     g.add_argument("--auto-augment", choices=["", "trivial", "randaugment"])
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
     r = p.add_argument_group("run")

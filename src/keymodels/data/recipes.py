@@ -43,6 +43,7 @@ class Recipe:
     val_fraction: float = 0.1  # share of the training data held out for validation
     val_size: int | None = None  # images held out for validation (precedence over val_fraction)
     train_subset: int | None = None  # few-data runs: a stratified subset of the training images
+    teacher: str | None = None  # DeiT hard distillation from this run folder (keymodels.distill)
     seed: int = 0
 
     def __post_init__(self) -> None:
