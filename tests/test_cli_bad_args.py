@@ -36,6 +36,10 @@ CASES = [
     ("--train-subset below the number of classes", ["train", "--recipe", "digits", "--train-subset", "9", "--out", "{tmp}/subset_run"], "fewer than the 10 classes"),
     ("a validation share that leaves a class without training images", ["train", "--recipe", "imagefolder", "--data-dir", "{tmp}/one_dog", "--out", "{tmp}/subset_run"], "class 'dog' (1 image(s)) would have no training image left"),
     ("eval of an unknown split", ["eval", "{vit_run}", "--split", "train"], "argument --split: invalid choice: 'train'"),
+    ("eval --split val of a model without a recorded validation split", ["eval", "{tmp}/nan_model", "--dataset", "digits", "--split", "val"], "records no validation split of digits"),
+    ("distillation for a model without a distillation token", ["train", "--recipe", "digits", "--teacher", "{vit_run}", "--out", "{tmp}/subset_run"], "distillation needs a model with a distillation token; 'vit_digits_patch2_8' has none"),
+    ("a teacher of another input size", ["train", "--recipe", "digits", "--model", "deit_fmnist_distilled_patch4_28", "--teacher", "{vit_run}", "--out", "{tmp}/subset_run"], "takes 1×8×8 images but the student 1×28×28"),
+    ("a teacher folder without a trained run", ["train", "--recipe", "digits", "--model", "deit_fmnist_distilled_patch4_28", "--teacher", "{tmp}/empty", "--out", "{tmp}/subset_run"], "empty"),
     ("non-numeric learning rate", ["train", "--recipe", "digits", "--lr", "fast", "--out", "{tmp}/r"], "argument --lr: invalid float value: 'fast'"),
     ("--resume with nothing to resume", ["train", "--recipe", "digits", "--resume", "--out", "{tmp}/none"], "nothing to resume"),
     ("--resume with another model's run", ["train", "--recipe", "digits", "--model", "vit_nano_patch2_8", "--resume", "--out", "{vit_run}"], "holds weights of another model"),
@@ -56,11 +60,11 @@ CASES = [
     ("seq2seq: unknown task", ["seq2seq", "train", "--task", "translate", "--out", "{tmp}/s"], "invalid choice: 'translate'"),
     ("seq2seq: 0 epochs", ["seq2seq", "train", "--task", "copy", "--epochs", "0", "--out", "{tmp}/s"], "epochs must be >= 1; got 0"),
     ("seq2seq: Multi30k files missing", ["seq2seq", "train", "--task", "multi30k", "--data-dir", "{tmp}/empty", "--out", "{tmp}/s"], "train.de"),
-    ("seq2seq: eval of a ViT run", ["seq2seq", "eval", "{vit_run}"], "not a seq2seq model's checkpoint but a ViT classifier's"),
+    ("seq2seq: eval of a ViT run", ["seq2seq", "eval", "{vit_run}"], "not a seq2seq model's checkpoint but an image classifier's"),
     ("translate an empty sentence", ["translate", "{s2s_run}", "   "], "empty"),
     ("translate a sentence longer than the model's maximum", ["translate", "{s2s_run}", "{long_sentence}"], "more than this model's maximum of 32; shorten it or pass --too-long truncate"),
     ("translate a file that is not UTF-8", ["translate", "{s2s_run}", "--file", "{latin1}"], "line 2 is not valid UTF-8"),
-    ("translate with a ViT run", ["translate", "{vit_run}", "1 2 3"], "not a seq2seq model's checkpoint but a ViT classifier's"),
+    ("translate with a ViT run", ["translate", "{vit_run}", "1 2 3"], "not a seq2seq model's checkpoint but an image classifier's"),
     ("translate --show-attention with the plain model", ["translate", "{s2s_plain}", "1 2", "--show-attention", "{tmp}/a.png"], "was trained without attention"),
     # issue 17
     ("convert a file with integer tensors", ["convert", "{int32}", "{tmp}/o", "--from", "timm", "--to", "keymodels", "--num-heads", "2"], "non-floating-point tensors: blocks.0.attn.proj.bias (torch.int32)"),
@@ -187,7 +191,9 @@ def test_bad_arguments_exit_2_with_one_line(inputs, what, argv, message):
 
 def test_data_errors_write_nothing(inputs):
     for what in ("--train-subset above the training images",
-                 "a validation share that leaves a class without training images"):  # fmt: skip
+                 "a validation share that leaves a class without training images",
+                 "distillation for a model without a distillation token",
+                 "a teacher of another input size", "a teacher folder without a trained run"):  # fmt: skip
         argv = next(c[1] for c in CASES if c[0] == what)
         assert run_case(argv, inputs)[0] == 2
     assert not (Path(inputs["tmp"]) / "subset_run").exists()

@@ -44,10 +44,12 @@ def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -
     # The same numbers the training run recorded for its best checkpoint, on each split.
     results = json.loads((run_dir / "results.json").read_text())
     assert res["split"] == "test" and res["accuracy"] == pytest.approx(results["test_acc"])
+    assert res["test_acc"] == res["accuracy"] and "val_acc" not in res
     assert main(["eval", str(run_dir), "--split", "val", "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
     assert val["split"] == "val" and val["n"] == results["split_sizes"]["val"] == 142
-    assert val["accuracy"] == pytest.approx(results["val_acc"])
+    assert val["accuracy"] == pytest.approx(results["val_acc"]) == val["val_acc"]
+    assert "test_acc" not in val
     # load_run's info names each score by its split (the best checkpoint's).
     from keymodels.runs import load_run
 

@@ -300,3 +300,11 @@ def test_keymodels_train_trains_a_resnet_and_the_run_loads(tmp_path: Path) -> No
     model, info = load_run(tmp_path)
     assert isinstance(model, ResNet) and info["model_name"] == "resnet10_28"
     assert info["img_size"] == [8, 8] and info["config"]["stem"] == "cifar"
+
+
+@pytest.mark.parametrize("fmt", ["timm", "hf", "torchvision", "jax"])
+def test_vit_converters_refuse_a_resnet_by_name(fmt: str) -> None:
+    from keymodels.convert import ConversionError, from_keymodels
+
+    with pytest.raises(ConversionError, match=r"a ResNet is not a Vision Transformer"):
+        from_keymodels(create_model("resnet10_28"), fmt)

@@ -164,3 +164,13 @@ def test_cli_teacher_errors_exit_2_and_write_nothing(
     assert main([*base, "--out", str(out), "--model", STUDENT, "--teacher", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_resume_must_have_the_teacher_it_started_with(tmp_path: Path) -> None:
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    train(tiny(), teacher, max_steps=1, progress=False)
+    recipe = tiny(model=STUDENT, img_size=8, teacher=str(teacher), epochs=2)
+    train(recipe, student, max_steps=1, progress=False, precision="fp32")
+    train(tiny(seed=1), teacher, max_steps=1, progress=False, force=True)  # new weights
+    with pytest.raises(InvalidInputError, match=r"is not the one .* started with"):
+        train(recipe, student, resume=True, progress=False, precision="fp32")

@@ -113,22 +113,32 @@ def _with_random_head(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-SMALL_VITS = [
-    n for n in list_models("vit_*") if get_config(n).macs() < 2e8 and get_config(n).num_classes
+SMALL_VITS = [  # plain ViTs and the small-data families (conv stem, CCT, SPT/LSA, DeiT)
+    n
+    for pattern in ("vit_*", "cct_*", "deit_*")
+    for n in list_models(pattern)
+    if get_config(n).macs() < 2e8 and get_config(n).num_classes
 ]
 
 
 @pytest.mark.parametrize("name", SMALL_VITS)
 def test_bf16_logits_close_to_fp32_with_equal_top1(name):
+    torch.manual_seed(0)
     model = _with_random_head(create_model(name))
     cfg = model.config
-    x = torch.randn(8, cfg.in_chans, *model.patch_embed.img_size)
+    x = torch.randn(8, cfg.in_chans, cfg.img_size, cfg.img_size)
     with torch.inference_mode():
         ref = model(x)
         with autocast("bf16"):
             low = model(x).float()
-    assert (low - ref).abs().max() <= 0.05 * ref.abs().max()
-    assert torch.equal(low.argmax(1), ref.argmax(1))
+    error = (low - ref).abs().max()
+    assert error <= 0.05 * ref.abs().max()
+    # The same class wherever fp32's top two are further apart than bf16's error can bridge;
+    # a near-tie may flip (8 random images once held one with a margin of 0.1 logits).
+    top2 = ref.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * error
+    assert clear.sum() >= 4
+    assert torch.equal(low.argmax(1)[clear], ref.argmax(1)[clear])
 
 
 @pytest.mark.parametrize("name", list_models("seq2seq_*small") + list_models("seq2seq_tiny_*"))
@@ -150,10 +160,13 @@ def test_bf16_seq2seq_log_probs_close_to_fp32(name):
     assert (low_p.argmax(-1) == ref_p.argmax(-1)).float().mean() >= 0.95
 
 
-def test_training_timing_leaves_no_trace():
-    model = _with_random_head(create_model("vit_digits_patch2_8", drop_path_rate=0.1))
+@pytest.mark.parametrize("name", ["vit_digits_patch2_8", "vit_fmnist_convstem_patch4_28"])
+def test_training_timing_leaves_no_trace(name):
+    # The conv stem has BatchNorm: its running statistics must not learn the timing batches.
+    model = _with_random_head(create_model(name, drop_path_rate=0.1))
     model.train()
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(10, (16,))
+    size = model.config.img_size
+    x, y = torch.randn(16, 1, size, size) * 3 + 1, torch.randint(10, (16,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
 
@@ -261,8 +274,9 @@ def test_auto_compiles_only_when_the_work_repays_it(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_path_equals_eager():
-    model = _with_random_head(create_model("vit_digits_patch2_8"))
+@pytest.mark.parametrize("name", ["vit_digits_patch2_8", "cct_2_3x1_8"])
+def test_compiled_path_equals_eager(name):
+    model = _with_random_head(create_model(name))
     x = torch.randn(32, 1, 8, 8)
     fast = optimize(model, "fp32", "on", x)
     assert fast.compiled is not None and fast.check.passed

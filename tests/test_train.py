@@ -323,6 +323,11 @@ def test_custom_datasets_without_test_and_their_errors(tmp_path: Path) -> None:
         train(recipe, tmp_path / "bad", data=(train_ds, colour), progress=False)
     with pytest.raises(train_module.DataError, match=r"\(train, val\) or \(train, val, test\)"):
         train(recipe, tmp_path / "bad", data=(train_ds,), progress=False)
+    normalized = (torch.randn(8, 1, 8, 8), torch.arange(8) % 2)  # mean 0, std 1: not pixels
+    with pytest.raises(train_module.DataError, match=r"floats in \[-.*\], expected \[0, 1\]"):
+        train(recipe, tmp_path / "bad", data=(train_ds, normalized), progress=False)
+    with pytest.raises(TrainingError, match=r"64 training images are fewer than one batch of 128"):
+        train(tiny_recipe(epochs=1), tmp_path / "bad", data=(train_ds, val_ds), progress=False)
     assert not (tmp_path / "bad").exists()  # a data error writes nothing
 
 

@@ -6,6 +6,7 @@ The teacher is any image classifier trained by keymodels (a run folder or checkp
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from .errors import InvalidInputError
 from .layers import to_2tuple
 
-__all__ = ["Teacher", "distillation_loss", "load_teacher", "require_distilled"]
+__all__ = ["Teacher", "distillation_loss", "load_teacher", "require_distilled", "same_teacher"]
 
 
 def require_distilled(config: Any, model_name: str) -> None:
@@ -112,4 +113,27 @@ def load_teacher(
             f"images but the student {in_chans}×{to_2tuple(img_size)[0]}×{to_2tuple(img_size)[1]};"
             " train the teacher at the student's input size (--img-size)"
         )
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    info["sha256"] = digest.hexdigest()  # of the weights: a resume checks it is the same teacher
     return model, info
+
+
+def same_teacher(recorded: dict[str, Any] | None, info: dict[str, Any], source: str) -> None:
+    """Raise :class:`InvalidInputError` unless the teacher ``info`` is the one a run recorded.
+
+    A resumed run must distil from the teacher it started with: the teacher folder's best
+    checkpoint may have changed since (resumed, retrained), which would make the resume inexact.
+    """
+    if recorded is None:
+        raise InvalidInputError(
+            f"{source} was trained without a teacher; resume it without --teacher (recipe.teacher)"
+        )
+    if recorded.get("sha256") != info["sha256"]:
+        raise InvalidInputError(
+            f"the teacher at {info['checkpoint']} (epoch {info['epoch']}) is not the one {source} "
+            f"started with ({recorded.get('checkpoint')}, epoch {recorded.get('epoch')}): its "
+            "weights changed; resume with the original teacher, or train a new run in another --out"
+        )

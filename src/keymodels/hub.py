@@ -262,6 +262,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module, dict[str, An
         "epoch": None,
         "val_acc": None,
         "test_acc": None,
+        "eval_split": None,
         "data_dir": None,
         "checkpoint": str(folder / WEIGHTS_NAME),
         "missing": missing,

@@ -117,6 +117,7 @@ def load_run(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         "recipe": meta.get("recipe", {}),
         "epoch": meta.get("epoch"),
         **recorded_accuracies(ckpt_path, meta),  # "val_acc", "test_acc"
+        "eval_split": meta.get("eval_split"),  # "val": a validation split picked the checkpoint
         "data_dir": meta.get("data_dir"),
         "checkpoint": str(ckpt_path),
     }

@@ -211,9 +211,11 @@ def choose_precision(
 
 @contextlib.contextmanager
 def no_trace(model: nn.Module) -> Iterator[None]:
-    """Run timing steps without leaving a trace: random state forked, gradients and modes restored."""
+    """Run timing steps without leaving a trace: random state forked; gradients, modes and
+    buffers restored (a BatchNorm's running statistics would learn the random timing batches)."""
     grads = {n: p.grad for n, p in model.named_parameters()}
     modes = {m: m.training for m in model.modules()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
         try:
             yield
@@ -222,6 +224,9 @@ def no_trace(model: nn.Module) -> Iterator[None]:
                 p.grad = grads[n]
             for m, mode in modes.items():
                 m.training = mode
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
 
 
 def training_step_for(

@@ -49,7 +49,7 @@ from .data import (
     train_transform,
 )
 from .data.datasets import check_labels
-from .distill import Teacher, distillation_loss, load_teacher, require_distilled
+from .distill import Teacher, distillation_loss, load_teacher, require_distilled, same_teacher
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -69,7 +69,7 @@ from .runtime import compile_or_eager
 
 log = logging.getLogger(__name__)
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")  # as DeiT/timm
 NONFINITE_HINT = (
     "Lower --lr (recipe.lr), lengthen --warmup-epochs (recipe.warmup_epochs) or keep "
     "--clip-grad (recipe.clip_grad) on, then --resume (resume=True), or pass --on-nonfinite skip "
@@ -196,7 +196,14 @@ def _as_arrays(split: CustomSplit, name: str) -> tuple[Tensor, Tensor]:
             f"images and labels of shape {list(labels.shape)} ({labels.dtype})"
         )
     if images.is_floating_point():  # [0, 1] floats: stored as uint8, as every data set is
-        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        low, high = images.min().item(), images.max().item()
+        if not (0.0 <= low and high <= 1.0):  # also NaN
+            raise DataError(
+                f"data: the {name} images are floats in [{low:.3g}, {high:.3g}], expected [0, 1] "
+                "(raw pixels scaled by 1/255, not normalized: the engine normalizes with the "
+                "training split's mean and std); or pass uint8 images"
+            )
+        images = (images * 255).round().to(torch.uint8)
     elif images.dtype != torch.uint8:
         raise DataError(f"data: the {name} images must be uint8 or float; got {images.dtype}")
     return images, labels.long()
@@ -479,6 +486,8 @@ def train(
         )  # fmt: skip
     teacher = None
     if recipe.teacher:  # checked before the run folder is touched, like the data
+        # absolute: a resume from another working directory must find the same teacher
+        recipe = replace(recipe, teacher=str(Path(recipe.teacher).resolve()))
         require_distilled(get_config(recipe.model, **recipe.model_overrides), recipe.model)
         teacher = load_teacher(
             recipe.teacher, class_names=splits.classes, in_chans=splits.in_chans,
@@ -490,6 +499,7 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     try:
+        _check_before_writing(recipe, splits, dist_info.world_size)
         # Only rank 0 writes the run folder, so only it checks and locks it.
         with Run(out, "vit", resume=resume, force=force, main=dist_info.is_main) as run:
             return _train(
@@ -498,6 +508,25 @@ def train(
             )  # fmt: skip
     finally:
         cleanup()
+
+
+def _check_before_writing(recipe: Recipe, splits: DataSplits, world_size: int) -> None:
+    """What can be wrong with the recipe for this data, found before the run folder is touched."""
+    if recipe.in_chans and recipe.in_chans != splits.in_chans:
+        raise TrainingError(
+            f"data set {recipe.dataset!r} has {splits.in_chans} channel(s); "
+            f"in_chans={recipe.in_chans} only applies to image folders"
+        )
+    if len(splits.train) < recipe.batch_size * world_size:
+        raise TrainingError(
+            f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
+            f"× {world_size} process(es); lower --batch-size (recipe.batch_size)"
+        )
+    base = get_config(recipe.model)
+    get_config(  # a bad override (a field the model family lacks, a bad value) fails here
+        recipe.model, **recipe.model_overrides, img_size=to_2tuple(recipe.img_size or base.img_size),
+        in_chans=splits.in_chans, num_classes=len(splits.classes),
+    )  # fmt: skip
 
 
 def _train(
@@ -521,11 +550,6 @@ def _train(
     assert splits.val is not None  # load_dataset and split_train always give one
     base = get_config(recipe.model)
     img_size = to_2tuple(recipe.img_size or base.img_size)
-    if recipe.in_chans and recipe.in_chans != splits.in_chans:
-        raise TrainingError(
-            f"data set {recipe.dataset!r} has {splits.in_chans} channel(s); "
-            f"in_chans={recipe.in_chans} only applies to image folders"
-        )
     overrides = {**recipe.model_overrides, "img_size": img_size, "in_chans": splits.in_chans,
                  "num_classes": len(splits.classes)}  # fmt: skip
     config = get_config(recipe.model, **overrides)
@@ -541,11 +565,6 @@ def _train(
 
     # Model (any registered image classifier), optimizer, warmup + cosine schedule, EMA.
     model = create_model(recipe.model, **overrides).to(dev)
-    if len(splits.train) < recipe.batch_size * dist_info.world_size:
-        raise TrainingError(
-            f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
-            f"× {dist_info.world_size} process(es); lower --batch-size (recipe.batch_size)"
-        )
     steps_per_epoch = len(splits.train) // (recipe.batch_size * dist_info.world_size)
     total_steps = steps_per_epoch * recipe.epochs
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
@@ -576,6 +595,8 @@ def _train(
                 "recipe", _flat_recipe(ckpt.meta["recipe"]), _flat_recipe(recipe.to_dict()),
                 RESUME_MAY_CHANGE, run.last_path,
             )  # fmt: skip
+        if teacher is not None:
+            same_teacher(ckpt.meta.get("teacher"), teacher[1], str(run.last_path))
         # What is wrong with the run comes first; how long to go on, after.
         run.check_more_epochs(recipe.epochs)
         model.load_state_dict(weights)
@@ -632,7 +653,7 @@ def _train(
         "keymodels_version": __version__, "world_size": dist_info.world_size,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "eval_split": "val",
         "dataset": recipe.dataset,
-        "teacher": {k: teacher[1][k] for k in ("checkpoint", "model_name", "epoch")}
+        "teacher": {k: teacher[1][k] for k in ("checkpoint", "model_name", "epoch", "sha256")}
         if teacher else None,
         "split_sizes": {"train": len(splits.train), "val": len(splits.val),
                         "test": len(splits.test) if splits.test is not None else None},
@@ -751,7 +772,11 @@ def _train(
             "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
             "per_class_acc": dict(zip(splits.classes, test["per_class_acc"])) if test else None,
             "confusion": test["confusion"] if test else None, "class_names": splits.classes,
-            "split_sizes": meta["split_sizes"], "teacher": meta["teacher"], "unreadable_images": _unreadable_files(splits),
+            "split_sizes": meta["split_sizes"], "teacher": meta["teacher"],
+            "params": sum(p.numel() for p in model.parameters()), "precision": choice.precision,
+            "train_img_per_s": (
+                sum(h["img_per_s"] for h in history) / len(history) if history else None
+            ), "unreadable_images": _unreadable_files(splits),
         }  # fmt: skip
         if test is None:
             results["note"] = (

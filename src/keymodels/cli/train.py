@@ -124,9 +124,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**r, "wall_s": elapsed, "out": str(result.out)}))
     else:
+        chosen = (
+            f"best validation accuracy {r['val_acc']:.2%} (epoch {r['best_epoch']})"
+            if r["best_epoch"] is not None
+            else f"validation accuracy {r['val_acc']:.2%} (no epoch finished: the last weights)"
+        )
         print(
-            f"{recipe.name}: {recipe.model}, {r['epochs']} epochs in {elapsed:.0f} s: "
-            f"best validation accuracy {r['val_acc']:.2%} (epoch {r['best_epoch']}), "
+            f"{recipe.name}: {recipe.model}, {r['epochs']} epochs in {elapsed:.0f} s: {chosen}, "
             + (
                 f"test accuracy {r['test_acc']:.2%}"
                 if r["test_acc"] is not None
@@ -152,6 +156,17 @@ def run_eval(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"{info['checkpoint']} does not say which data set it was trained on; pass "
             f"--dataset ({', '.join(DATASETS)}) and --data-dir"
+        )
+    if args.split == "val" and (
+        info.get("eval_split") != "val" or dataset != recipe.get("dataset")
+    ):
+        # Only the run's own recorded hold-out is a validation split: any other "val" images
+        # (another data set, a run before validation splits, a save_pretrained folder) could
+        # have been training images.
+        raise InvalidInputError(
+            f"{info['checkpoint']} records no validation split of {dataset} (trained before "
+            'validation splits, on other data, or saved without its recipe); its "val" images '
+            "could be training images: evaluate --split test"
         )
     data_dir = args.data_dir or info.get("data_dir")
     # The run's own hold-out: the same seed and share give the same validation images.
@@ -182,7 +197,9 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     per_class = dict(zip(info["class_names"], res["per_class_acc"]))
     if args.json:
+        # "val_acc" or "test_acc" as well as "accuracy": the name says which split it is.
         print(json.dumps({"split": args.split, "accuracy": res["acc"], "loss": res["loss"],
+                          f"{args.split}_acc": res["acc"], f"{args.split}_loss": res["loss"],
                           "n": res["n"],
                           "skipped": res["skipped"], "per_class_acc": per_class,
                           "confusion": res["confusion"], "class_names": info["class_names"],

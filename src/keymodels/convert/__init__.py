@@ -117,6 +117,11 @@ def from_keymodels(
     _check_format(fmt)
     if fmt == "keymodels":  # every feature: the state dict as it is
         return {k: v.detach() for k, v in model.state_dict().items()}
+    if not isinstance(model, VisionTransformer):
+        raise ConversionError(
+            f"a {type(model).__name__} is not a Vision Transformer: the {fmt} converter maps ViT "
+            "weights only; save it with save_pretrained (keymodels format) or export to ONNX"
+        )
     if fmt == "timm":
         return timm.from_keymodels(model)
     if fmt == "torchvision":
