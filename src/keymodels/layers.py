@@ -114,7 +114,8 @@ class PatchEmbed(nn.Module):
             )
         return H // ph, W // pw
 
-    def forward(self, x: Tensor, flatten: bool = True) -> Tensor:
+    def check_input(self, x: Tensor) -> tuple[int, int]:
+        """The patch grid (gh, gw) of images ``x``; errors name what is wrong with them."""
         if x.dim() != 4:
             raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -127,7 +128,10 @@ class PatchEmbed(nn.Module):
                 "resize the input, or build the model with dynamic_img_size=True (any size divisible "
                 "by the patch size) or img_size= that size"
             )
-        self.dynamic_grid(tuple(x.shape[2:]))
+        return self.dynamic_grid(tuple(x.shape[2:]))
+
+    def forward(self, x: Tensor, flatten: bool = True) -> Tensor:
+        self.check_input(x)
         x = self.proj(x)  # [B, D, gh, gw]
         return x.flatten(2).transpose(1, 2) if flatten else x.permute(0, 2, 3, 1)
 
@@ -272,17 +276,7 @@ class ShiftedPatchTokenization(PatchEmbed):
         return torch.cat([x, lu, ru, lb, rb], dim=1)
 
     def forward(self, x: Tensor, flatten: bool = True) -> Tensor:
-        if x.dim() != 4:
-            raise InvalidInputError(f"images must be [B, C, H, W]; got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise InvalidInputError(
-                f"expected {self.in_chans} image channels, got {x.shape[1]} (shape {tuple(x.shape)})"
-            )
-        if self.strict_img_size and tuple(x.shape[2:]) != self.img_size:
-            raise InvalidInputError(
-                f"expected {self.img_size[0]}×{self.img_size[1]} images, got {x.shape[2]}×{x.shape[3]}"
-            )
-        gh, gw = self.dynamic_grid(tuple(x.shape[2:]))
+        gh, gw = self.check_input(x)
         x = self.shifted(x)
         B, C5 = x.shape[:2]
         p = self.patch_size[0]

@@ -491,7 +491,7 @@ def train(
         require_distilled(get_config(recipe.model, **recipe.model_overrides), recipe.model)
         teacher = load_teacher(
             recipe.teacher, class_names=splits.classes, in_chans=splits.in_chans,
-            img_size=recipe.img_size or get_config(recipe.model).img_size,
+            img_size=_model_overrides(recipe, splits)["img_size"],
         )  # fmt: skip
     guard = NonFiniteGuard(on_nonfinite)
     dist_info: DistInfo = init_distributed(device)
@@ -522,11 +522,15 @@ def _check_before_writing(recipe: Recipe, splits: DataSplits, world_size: int) -
             f"{len(splits.train)} training images are fewer than one batch of {recipe.batch_size} "
             f"× {world_size} process(es); lower --batch-size (recipe.batch_size)"
         )
-    base = get_config(recipe.model)
-    get_config(  # a bad override (a field the model family lacks, a bad value) fails here
-        recipe.model, **recipe.model_overrides, img_size=to_2tuple(recipe.img_size or base.img_size),
-        in_chans=splits.in_chans, num_classes=len(splits.classes),
-    )  # fmt: skip
+    # a bad override (a field the model family lacks, a bad value) fails here
+    get_config(recipe.model, **_model_overrides(recipe, splits))
+
+
+def _model_overrides(recipe: Recipe, splits: DataSplits) -> dict[str, Any]:
+    """The registered model's overrides for this recipe and data: size, channels, classes."""
+    img_size = to_2tuple(recipe.img_size or get_config(recipe.model).img_size)
+    return {**recipe.model_overrides, "img_size": img_size, "in_chans": splits.in_chans,
+            "num_classes": len(splits.classes)}  # fmt: skip
 
 
 def _train(
@@ -548,10 +552,8 @@ def _train(
 
     # Normalization from the training set's own statistics.
     assert splits.val is not None  # load_dataset and split_train always give one
-    base = get_config(recipe.model)
-    img_size = to_2tuple(recipe.img_size or base.img_size)
-    overrides = {**recipe.model_overrides, "img_size": img_size, "in_chans": splits.in_chans,
-                 "num_classes": len(splits.classes)}  # fmt: skip
+    overrides = _model_overrides(recipe, splits)
+    img_size = overrides["img_size"]
     config = get_config(recipe.model, **overrides)
     mean, std = _stats(splits, img_size)
     resize = (
