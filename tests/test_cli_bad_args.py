@@ -98,6 +98,15 @@ CASES = [
     ("seq2seq: --resume with no epochs left", ["seq2seq", "train", "--task", "copy", "--epochs", "1", "--resume", "--out", "{s2s_run}"], "has already trained 1 epoch(s), so --epochs 1 (epochs=1) leaves nothing to train"),
     ("--resume with another learning rate", ["train", "--recipe", "digits", "--lr", "0.5", "--resume", "--out", "{vit_run}"], "with a changed recipe (lr: the run has 0.003, given 0.5)"),
     ("seq2seq: --resume with another learning rate", ["seq2seq", "train", "--task", "copy", "--epochs", "2", "--lr", "0.5", "--resume", "--out", "{s2s_run}"], "with a changed training config (lr: the run has 0.001, given 0.5)"),
+    # the Transformer and subword vocabularies
+    ("translate a sentence longer than the Transformer's position table", ["translate", "{s2s_tf}", "{long_sentence}"], "has 200 tokens, more than this model's maximum of 31 (its position table"),
+    ("seq2seq: --vocab-size below the alphabet", ["seq2seq", "train", "--task", "copy", "--vocab", "bpe", "--vocab-size", "8", "--out", "{tmp}/s"], "the training text has 11 distinct characters, so a bpe vocabulary needs at least 15 entries"),
+    ("seq2seq: --vocab-size 0", ["seq2seq", "train", "--task", "copy", "--vocab", "bpe", "--vocab-size", "0", "--out", "{tmp}/s"], "vocab_size must hold the 4 specials and at least one piece; got 0"),
+    ("seq2seq: --joint-vocab with the word vocabulary", ["seq2seq", "train", "--task", "copy", "--joint-vocab", "--out", "{tmp}/s"], "--joint-vocab and --subword-model are for subword vocabularies"),
+    ("seq2seq: --resume switching words to subwords", ["seq2seq", "train", "--task", "copy", "--epochs", "2", "--vocab", "bpe", "--resume", "--out", "{s2s_run}"], "with a changed training config (vocab: the run has 'word', given 'bpe')"),
+    ("seq2seq: --subword-model that is not a tokenizers file", ["seq2seq", "train", "--task", "copy", "--vocab", "bpe", "--subword-model", "{garbage}", "--out", "{tmp}/s"], "is not a tokenizers JSON file"),
+    ("seq2seq: an RNN option with --arch transformer", ["seq2seq", "train", "--task", "copy", "--arch", "transformer", "--hidden-dim", "64", "--out", "{tmp}/s"], "--hidden-dim is not an option of --arch transformer"),
+    ("seq2seq: --schedule inverse_sqrt without --warmup", ["seq2seq", "train", "--task", "copy", "--schedule", "inverse_sqrt", "--out", "{tmp}/s"], "the inverse_sqrt schedule peaks after its warmup: give --warmup N"),
 ]  # fmt: skip
 
 
@@ -133,6 +142,10 @@ def _make_inputs(tmp: Path) -> dict[str, str]:
                          "--model", f"seq2seq_tiny_{'plain' if attention == 'none' else 'attn'}",
                          "--epochs", "1", "--train-size", "64", "--synthetic-max-length", "5",
                          "--max-len", "12", "--out", str(out), *quiet]) == 0  # fmt: skip
+        assert main(["seq2seq", "train", "--task", "copy", "--arch", "transformer", "--model",
+                     "transformer_tiny", "--vocab", "bpe", "--vocab-size", "20", "--joint-vocab",
+                     "--epochs", "1", "--train-size", "64", "--synthetic-max-length", "5",
+                     "--max-len", "12", "--out", str(tmp / "s2s_tf"), *quiet]) == 0  # fmt: skip
     _make_model_inputs(tmp, vit_run)
     (tmp / "utf16.txt").write_bytes("1 2\n".encode("utf-16"))
     return {
@@ -141,6 +154,7 @@ def _make_inputs(tmp: Path) -> dict[str, str]:
         "tmp": str(tmp), "garbage": str(tmp / "garbage.bin"), "image": str(tmp / "image.png"),
         "evil": str(tmp / "evil.pth"), "latin1": str(tmp / "latin1.txt"),
         "vit_run": str(vit_run), "s2s_run": str(s2s_run), "s2s_plain": str(s2s_plain),
+        "s2s_tf": str(tmp / "s2s_tf"),
         "long_sentence": " ".join(["1"] * 200),
     }  # fmt: skip
 

@@ -236,3 +236,71 @@ def test_train_json_and_max_steps(tmp_path, capsys):
     # --resume keeps the flags left out (--train-size, --max-len) as the run stored them
     assert main(["seq2seq", "train", *TINY, "--epochs", "2", "--resume", "--out", str(out)]) == 0
     assert "epoch 2/2: train loss " in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def transformer_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2s") / "transformer"
+    args = ["seq2seq", "train", *TINY, "--arch", "transformer", "--model", "transformer_tiny"]
+    args += ["--vocab", "bpe", "--vocab-size", "14", "--joint-vocab", "--tie-embeddings", "all"]
+    args += ["--schedule", "inverse_sqrt", "--warmup", "20", "--adam-beta2", "0.98"]
+    assert main([*args, "--epochs", "1", "--train-size", "200", "--out", str(out)]) == 0
+    return out
+
+
+def test_transformer_with_subwords_trains_evaluates_and_shows_every_head(
+    transformer_dir, tmp_path, capsys
+):
+    config = json.loads((transformer_dir / "config.json").read_text())
+    assert config["model"]["arch"] == "transformer"
+    assert config["model"]["tie_embeddings"] == "all"
+    assert config["train"]["vocab"] == "bpe" and config["train"]["schedule"] == "inverse_sqrt"
+    assert (transformer_dir / "subwords.json").is_file()
+    capsys.readouterr()
+    assert main(["seq2seq", "eval", str(transformer_dir), "--json", "--beam", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["vocab"] == "bpe" and result["src_unk_rate"] == result["tgt_unk_rate"] == 0.0
+    png = tmp_path / "a.png"
+    assert main(["translate", str(transformer_dir), "1 2 3", "--show-attention", str(png)]) == 0
+    for path in (png, tmp_path / "a_heads.png"):
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transformer_flags_and_rnn_flags_do_not_mix(tmp_path, capsys):
+    base = ["seq2seq", "train", *TINY, "--out", str(tmp_path / "x")]
+    assert main([*base, "--arch", "transformer", "--attention", "general"]) == 2
+    assert "--attention is not an option of --arch transformer" in capsys.readouterr().err
+    assert main([*base, "--heads", "2"]) == 2  # rnn by default
+    assert "--heads is not an option of --arch rnn" in capsys.readouterr().err
+    assert main([*base, "--model", "transformer_tiny", "--arch", "rnn"]) == 2
+    assert "is a transformer model but --arch rnn" in capsys.readouterr().err
+    assert main([*base, "--joint-vocab"]) == 2
+    assert "are for subword vocabularies" in capsys.readouterr().err
+    assert main([*base, "--vocab", "bpe", "--vocab-size", "6"]) == 2
+    assert "smaller than the alphabet" in capsys.readouterr().err
+    assert main([*base, "--schedule", "inverse_sqrt"]) == 2
+    assert "give --warmup N" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "last.safetensors").exists()
+
+
+def test_experiment_report_takes_any_number_of_runs(run_dir, plain_dir, transformer_dir, capsys):
+    # the synthetic runs stand in for Multi30k ones: only the labels and the table are checked
+    from keymodels.runs import load_seq2seq
+    from keymodels.seq2seq.experiment import run_label
+
+    labels = [run_label(load_seq2seq(d)) for d in (plain_dir, run_dir, transformer_dir)]
+    assert labels == ["plain", "attention", "transformer+bpe"]
+
+
+def test_length_experiment_puts_the_transformer_beside_the_two_rnns(tmp_path, capsys):
+    args = ["seq2seq", "experiment", "--task", "copy", "--epochs", "1", "--train-size", "200",
+            "--synthetic-min-length", "2", "--synthetic-max-length", "5", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "plain acc %" in out and "attention acc %" in out and "transformer acc %" in out
+    result = json.loads((tmp_path / "length_experiment.json").read_text())
+    assert [r["length"] for r in result["transformer"]["accuracy"]] == [2, 3, 4, 5]
+    assert all(r["grad_norm"] > 0 for r in result["transformer"]["grad_norm_init"])
+    for png in ("accuracy_vs_length.png", "attention_example_transformer.png",
+                "attention_example_transformer_heads.png"):  # fmt: skip
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -238,7 +238,7 @@ def test_train_config_from_dict_rejects_unknown_keys():
     assert TrainConfig.from_dict(tc.to_dict()) == tc
     with pytest.raises(
         InvalidInputError,
-        match=r"unknown train config field\(s\) \['epoch', 'zz'\]; valid fields: batch_size, "
+        match=r"unknown train config field\(s\) \['epoch', 'zz'\]; valid fields: adam_beta2, batch_size, "
         r".*epochs.*Did you mean 'epochs'\?",
     ):
         TrainConfig.from_dict({**tc.to_dict(), "epoch": 5, "zz": 1})
@@ -303,12 +303,21 @@ def test_multi30k_report_on_tiny_runs(shared_data, tmp_path):
                 tmp_path / f"{attention}.safetensors", model, src, tgt, tc, {"epoch": 1}
             )
         )
-    report = multi30k_report(*paths, tmp_path / "report", beam=2, examples=(0,))
-    for name in ("plain", "attention"):
+    torch.manual_seed(0)
+    transformer = create_model(
+        "transformer_tiny", src_vocab_size=len(src), tgt_vocab_size=len(tgt), max_len=130
+    )
+    paths.append(
+        save_run_checkpoint(tmp_path / "tf.safetensors", transformer, src, tgt, tc, {"epoch": 1})
+    )
+    report = multi30k_report(*paths, out=tmp_path / "report", beam=2, examples=(0,))
+    assert list(report) == ["plain", "attention", "transformer"]
+    for name in report:
         assert sum(r["n"] for r in report[name]["by_length"]) == 1000
         assert 0.0 <= report[name]["bleu"] < 5.0  # untrained
         assert report[name]["ppl"] > 100
-    for png in ("bleu_vs_length.png", "attention_test1.png"):
+    for png in ("bleu_vs_length.png", "attention_test1.png", "attention_transformer_test1.png",
+                "attention_transformer_test1_heads.png"):  # fmt: skip
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -316,8 +325,9 @@ def test_cosine_schedule_anneals_to_zero_and_resumes_exactly_mid_epoch(tmp_path,
     import keymodels.runguard as runguard
 
     torch.set_num_threads(1)
+    # fp32 throughout: "auto" times both precisions, and under load two runs may choose apart
     tc = TrainConfig(epochs=3, train_size=160, schedule="cosine", **{**COPY, "val_size": 20})
-    summary = train("seq2seq_tiny_attn", tc, tmp_path / "full", progress=False)
+    summary = train("seq2seq_tiny_attn", tc, tmp_path / "full", progress=False, precision="fp32")
     lrs = [row["lr"] for row in summary["history"]]  # 5 steps an epoch: cos(π·5/15), cos(π·10/15)
     assert lrs == pytest.approx([5e-3 * 0.75, 5e-3 * 0.25, 0.0], abs=1e-12)
 
@@ -325,12 +335,36 @@ def test_cosine_schedule_anneals_to_zero_and_resumes_exactly_mid_epoch(tmp_path,
     monkeypatch.setattr(runguard, "_CRASH_COUNTS", {})
     monkeypatch.setenv(runguard.CRASH_ENV, "train_step:7:SIGINT")
     with pytest.raises(runguard.TrainingInterrupted, match="batch 2/5 of epoch 2"):
-        train("seq2seq_tiny_attn", tc, tmp_path / "stopped", progress=False)
+        train("seq2seq_tiny_attn", tc, tmp_path / "stopped", progress=False, precision="fp32")
     monkeypatch.delenv(runguard.CRASH_ENV)
     resumed = train("seq2seq_tiny_attn", tc, tmp_path / "stopped", resume=True, progress=False)
     assert [row["lr"] for row in resumed["history"]] == lrs
     a = load_checkpoint(tmp_path / "full" / "last.safetensors").model
     b = load_checkpoint(tmp_path / "stopped" / "last.safetensors").model
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(InvalidInputError, match=r"schedule must be one of \('plateau', 'cosine'\)"):
+    with pytest.raises(
+        InvalidInputError, match=r"schedule must be one of \('plateau', 'cosine', 'inverse_sqrt'\)"
+    ):
         TrainConfig(schedule="step")
+
+
+def test_warmup_schedules_peak_at_the_given_lr():
+    from keymodels.seq2seq.train import lr_schedule
+
+    def lrs(tc, steps):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr)
+        scheduler, out = lr_schedule(tc, optimizer, steps), []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    # Vaswani et al.: linear warmup to the peak at step 4, then ∝ 1/√step
+    inv = lrs(TrainConfig(lr=1.0, schedule="inverse_sqrt", warmup=4), 16)
+    assert inv[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert inv[15] == pytest.approx(0.5) and max(inv) == 1.0
+    cos = lrs(TrainConfig(lr=1.0, schedule="cosine", warmup=2), 10)
+    assert cos[:3] == pytest.approx([0.5, 1.0, 1.0]) and cos[-1] < 0.05
+    with pytest.raises(InvalidInputError, match="warmup needs a step schedule"):
+        TrainConfig(warmup=10)

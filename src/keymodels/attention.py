@@ -307,12 +307,25 @@ class MultiHeadAttention(nn.Module):
         B, N, _ = x.shape
         return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
 
+    def project_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``source`` [B, S, D], each [B, H, S, Dh]: computed once per sentence
+        for cross-attention, or one step at a time for a decoder's key/value cache."""
+        D = self.qkv.in_features
+        w_kv = self.qkv.weight[D:]
+        b_kv = self.qkv.bias[D:] if self.qkv.bias is not None else None
+        B, S, _ = source.shape
+        kv = F.linear(source, w_kv, b_kv).view(B, S, 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
     def forward(
         self,
         x: Tensor,
         context: Tensor | None = None,
         mask: Tensor | None = None,
         need_weights: bool = False,
+        causal: bool = False,
+        kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` to itself, or to ``context`` (cross-attention).
 
@@ -321,6 +334,11 @@ class MultiHeadAttention(nn.Module):
             context: keys/values source, [B, S, D]; ``x`` itself when None.
             mask: bool [B, S] or [B, T, S], True where a position may be attended.
             need_weights: also return the per-head weights [B, H, T, S] (explicit path).
+            causal: position t attends only to positions <= t (a decoder's self-attention;
+                needs T == S).
+            kv: keys and values [B, H, S, Dh] from :meth:`project_kv`, used instead of projecting
+                them again: the cached cross-attention memory, or a decoder's past and present
+                keys/values when it runs one step at a time. Only the queries come from ``x``.
 
         Returns:
             output [B, T, D] and the weights (None unless ``need_weights``).
@@ -332,24 +350,42 @@ class MultiHeadAttention(nn.Module):
             raise InvalidInputError(
                 f"x has size {D} in its last axis; this module expects {self.qkv.in_features}"
             )
-        if context is None:
+        if context is None and kv is None:
             qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each [B, H, T, Dh]
         else:
-            if context.dim() != 3 or context.shape[0] != B or context.shape[2] != D:
-                raise InvalidInputError(
-                    f"context must be [B={B}, S, D={D}]; got shape {tuple(context.shape)}"
-                )
-            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
-            b_q, b_kv = (
-                self.qkv.bias.split([D, 2 * D]) if self.qkv.bias is not None else (None, None)
-            )
-            q = self._heads(F.linear(x, w_q, b_q))
-            S = context.shape[1]
-            kv = F.linear(context, w_kv, b_kv).view(B, S, 2, self.num_heads, self.head_dim)
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+            if kv is not None:
+                if context is not None:
+                    raise InvalidInputError("give context or precomputed kv, not both")
+                k, v = kv
+                if k.dim() != 4 or k.shape != v.shape or k.shape[:2] != (B, self.num_heads):
+                    raise InvalidInputError(
+                        f"kv must be two [B={B}, H={self.num_heads}, S, Dh={self.head_dim}] "
+                        f"tensors (from project_kv); got {tuple(k.shape)} and {tuple(v.shape)}"
+                    )
+            else:
+                if context.dim() != 3 or context.shape[0] != B or context.shape[2] != D:
+                    raise InvalidInputError(
+                        f"context must be [B={B}, S, D={D}]; got shape {tuple(context.shape)}"
+                    )
+                k, v = self.project_kv(context)
+            b_q = self.qkv.bias[:D] if self.qkv.bias is not None else None
+            q = self._heads(F.linear(x, self.qkv.weight[:D], b_q))
         S = k.shape[2]
         attn_mask, empty_rows = self._prepare_mask(mask, B, T, S)
+        if causal:
+            if T != S:
+                raise InvalidInputError(
+                    f"causal attention needs as many queries as keys; got {T} and {S} (a decoder "
+                    "step with a key/value cache attends to all its past: pass causal=False)"
+                )
+            # Real queries never see padding after them, so causal alone suits padded targets.
+            tril = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            # Causal alone goes to the fused kernel as is_causal, which skips the masked half.
+            fused_causal = attn_mask is None and self.temperature is None
+            attn_mask = tril if attn_mask is None else attn_mask & tril
+        else:
+            fused_causal = False
         scale = self.scale
         if self.temperature is not None:
             if context is not None:
@@ -382,8 +418,9 @@ class MultiHeadAttention(nn.Module):
                 q,
                 k,
                 v,
-                attn_mask=attn_mask,
+                attn_mask=None if fused_causal else attn_mask,
                 dropout_p=self.attn_drop.p if self.training else 0.0,
+                is_causal=fused_causal,
                 scale=scale,
             )
             if empty_rows is not None:

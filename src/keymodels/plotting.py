@@ -128,6 +128,46 @@ def plot_alignment(
     return save_figure(fig, path)
 
 
+def plot_alignment_grid(
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    weights,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Cross-attention of every layer (rows) and head (columns): weights [L, H, T, N].
+
+    Each panel is :func:`plot_alignment`'s heatmap in small; tokens label the outer axes only.
+    """
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.ndim != 4 or w.shape[2:] != (len(target_tokens), len(source_tokens)):
+        raise InvalidInputError(
+            f"weights must be [layers, heads, target, source] with target, source = "
+            f"{(len(target_tokens), len(source_tokens))}; got {w.shape}"
+        )
+    plt = pyplot()
+    L, H, t, n = w.shape
+    cell_w, cell_h = max(1.6, 0.22 * n + 0.6), max(1.4, 0.2 * t + 0.5)
+    fig, axes = plt.subplots(L, H, figsize=(cell_w * H + 1.2, cell_h * L + 1.2), squeeze=False)
+    for i in range(L):
+        for j in range(H):
+            ax = axes[i][j]
+            ax.imshow(w[i, j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == L - 1:
+                ax.set_xticks(range(n), list(source_tokens), rotation=90, fontsize=6)
+            if j == 0:
+                ax.set_yticks(range(t), list(target_tokens), fontsize=6)
+                ax.set_ylabel(f"layer {i + 1}", fontsize=8)
+            if i == 0:
+                ax.set_title(f"head {j + 1}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_lines(
     series: Mapping[str, Sequence[tuple[float, float]]],
     path: str | Path,

@@ -31,9 +31,12 @@ from .layers import to_2tuple
 from .registry import create_model, list_models
 from .rundir import checkpoint_meta, recorded_accuracies
 from .runtime import optimize
+from .seq2seq import build_model, model_config_from_dict
 from .seq2seq.config import KIND as SEQ2SEQ_KIND
 from .seq2seq.config import TrainConfig
-from .seq2seq.model import Seq2Seq, Seq2SeqConfig
+from .seq2seq.model import Seq2Seq
+from .seq2seq.subwords import SubwordVocabulary, vocab_from_dict
+from .seq2seq.transformer import Transformer
 from .seq2seq.vocab import Vocabulary
 from .vit import VisionTransformer, ViTConfig
 
@@ -57,9 +60,9 @@ log = logging.getLogger(__name__)
 class LoadedRun:
     """A trained seq2seq model with its vocabularies, train config and checkpoint."""
 
-    model: Seq2Seq
-    src_vocab: Vocabulary
-    tgt_vocab: Vocabulary
+    model: Seq2Seq | Transformer
+    src_vocab: Vocabulary | SubwordVocabulary
+    tgt_vocab: Vocabulary | SubwordVocabulary
     train_config: TrainConfig
     checkpoint: Checkpoint
 
@@ -170,9 +173,9 @@ def load_seq2seq(path: str | os.PathLike) -> LoadedRun:
             f"{path} is not a seq2seq model's checkpoint but {what}; pass the folder or checkpoint "
             "of a `keymodels seq2seq train` run"
         )
-    model = Seq2Seq(Seq2SeqConfig.from_dict(ckpt.meta["config"]))
-    src_vocab = Vocabulary.from_dict(ckpt.meta["src_vocab"])
-    tgt_vocab = Vocabulary.from_dict(ckpt.meta["tgt_vocab"])
+    model = build_model(model_config_from_dict(ckpt.meta["config"]))
+    src_vocab = vocab_from_dict(ckpt.meta["src_vocab"])
+    tgt_vocab = vocab_from_dict(ckpt.meta["tgt_vocab"])
     check_vocabularies(model, src_vocab, tgt_vocab, str(path))
     check_compatible(model, ckpt.model, str(path))
     model.load_state_dict(ckpt.model)
@@ -181,7 +184,10 @@ def load_seq2seq(path: str | os.PathLike) -> LoadedRun:
 
 
 def check_vocabularies(
-    model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, source: str
+    model: Seq2Seq | Transformer,
+    src_vocab: Vocabulary | SubwordVocabulary,
+    tgt_vocab: Vocabulary | SubwordVocabulary,
+    source: str,
 ) -> None:
     """Raise :class:`CheckpointMismatchError` when a vocabulary's size is not the model's."""
     for side, vocab, size in (

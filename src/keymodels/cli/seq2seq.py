@@ -1,4 +1,4 @@
-"""``keymodels seq2seq train|eval|experiment`` and ``keymodels translate``: RNN encoder-decoders.
+"""``keymodels seq2seq train|eval|experiment`` and ``keymodels translate``: RNNs and Transformers.
 
 Train on a synthetic task (no download) or Multi30k De→En, evaluate a run, translate sentences.
 """
@@ -26,9 +26,62 @@ from . import add_hidden_alias, add_precision_argument, finite_float, png_path, 
 SCORE_CHOICES = ("dot", "general", "concat", "scaled_dot", "none")
 
 
-def _default_model(task: str, attention: str) -> str:
+def _default_model(task: str, attention: str, arch: str = "rnn") -> str:
     size = "small" if task in SYNTHETIC_TASKS else "multi30k"
+    if arch == "transformer":
+        return f"transformer_{size}"
     return f"seq2seq_gru_{'plain' if attention == 'none' else 'attn'}_{size}"
+
+
+# Model config field -> the `seq2seq train` argument that sets it, per architecture.
+RNN_ARGS = {"emb_dim": "emb_dim", "hidden_dim": "hidden_dim", "num_layers": "layers",
+            "dropout": "dropout"}  # fmt: skip
+TRANSFORMER_ARGS = {
+    "dim": "dim", "num_heads": "heads", "enc_layers": "enc_layers", "dec_layers": "dec_layers",
+    "ff_dim": "ff_dim", "dropout": "dropout", "attn_dropout": "attn_dropout", "norm": "norm",
+    "positions": "positions", "tie_embeddings": "tie_embeddings",
+}  # fmt: skip
+
+
+def _arch(model: str | None, arch: str | None) -> str:
+    """The architecture: --arch, or that of the --model named (rnn when neither is given)."""
+    if model is None:
+        return arch or "rnn"
+    from ..registry import get_config
+    from ..seq2seq.transformer import TransformerConfig
+
+    of_model = "transformer" if isinstance(get_config(model), TransformerConfig) else "rnn"
+    if arch is not None and arch != of_model:
+        raise InvalidInputError(
+            f"--model {model} is a {of_model} model but --arch {arch} was given; leave out --arch "
+            "or pick a model of that architecture (keymodels models 'transformer*')"
+        )
+    return of_model
+
+
+def _model_overrides(args: argparse.Namespace) -> dict:
+    """The model config fields the flags set; the other architecture's flags are refused."""
+    own, other = (
+        (TRANSFORMER_ARGS, RNN_ARGS) if args.arch == "transformer" else (RNN_ARGS, TRANSFORMER_ARGS)
+    )
+    stray = [d for d in other.values() if d not in own.values() and getattr(args, d) is not None]
+    rnn_only = {"attention": "concat", "style": "bahdanau", "input_feeding": False, "rnn": "gru",
+                "bidirectional": True}  # fmt: skip
+    if args.arch == "transformer":
+        stray += [d for d, default in rnn_only.items() if getattr(args, d) != default]
+    if stray:
+        flags = ", ".join("--" + d.replace("_", "-") for d in stray)
+        one = len(stray) == 1
+        raise InvalidInputError(
+            f"{flags} {'is' if one else 'are'} not an option of --arch {args.arch}; leave "
+            f"{'it' if one else 'them'} out (`keymodels seq2seq train --help` names each "
+            "architecture's options)"
+        )
+    overrides = {k: getattr(args, k) for k in rnn_only} if args.arch == "rnn" else {}
+    for field, dest in own.items():
+        if getattr(args, dest) is not None:
+            overrides[field] = getattr(args, dest)
+    return overrides
 
 
 def _print_row(row: dict, epochs: int, label: str = "", file: TextIO | None = None) -> None:
@@ -45,7 +98,9 @@ TRAIN_CONFIG_ARGS = {
     "too_long": "too_long", "num_workers": "workers", "max_minutes": "max_minutes",
     "on_nonfinite": "on_nonfinite", "train_size": "train_size", "min_len": "min_length",
     "synthetic_max_len": "max_length", "num_symbols": "symbols", "data_dir": "data_dir",
-    "min_freq": "min_freq", "lowercase": "lowercase",
+    "min_freq": "min_freq", "lowercase": "lowercase", "warmup": "warmup",
+    "adam_beta2": "adam_beta2", "vocab": "vocab", "vocab_size": "vocab_size",
+    "joint_vocab": "joint_vocab", "subword_model": "subword_model",
 }  # fmt: skip
 
 
@@ -59,6 +114,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     values = {field: getattr(args, dest) for field, dest in TRAIN_CONFIG_ARGS.items()}
     # Absolute: `seq2seq eval` of the run may start in another folder.
     values["data_dir"] = str(Path(args.data_dir).resolve())
+    if args.subword_model:
+        values["subword_model"] = str(Path(args.subword_model).resolve())
     meta = checkpoint_meta(Path(args.out) / "last.safetensors") if args.resume else None
     if meta and isinstance(meta.get("train_config"), dict):
         stored = TrainConfig.from_dict(meta["train_config"]).to_dict()
@@ -77,19 +134,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.download:
         download_multi30k(args.data_dir)
     tc = _train_config(args)
-    overrides = {
-        "attention": args.attention,
-        "style": args.style,
-        "input_feeding": args.input_feeding,
-        "rnn": args.rnn,
-        "bidirectional": args.bidirectional,
-    }
-    for key in ("emb_dim", "hidden_dim", "dropout"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.layers is not None:
-        overrides["num_layers"] = args.layers
-    name = args.model or _default_model(tc.task, args.attention)
+    args.arch = _arch(args.model, args.arch)
+    overrides = _model_overrides(args)
+    name = args.model or _default_model(tc.task, args.attention, args.arch)
     start = time.perf_counter()
     # With --json, stdout holds only the summary object: the epoch lines go to stderr.
     epoch_file = sys.stderr if args.json else sys.stdout
@@ -128,6 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": args.data_dir})
     from ..seq2seq.data import TranslationDataset
+    from ..seq2seq.subwords import unk_rate
 
     try:
         pairs = load_task(tc, args.split)
@@ -137,13 +185,18 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{args.run} --data-dir DIR`"
         ) from e
     data = TranslationDataset(
-        pairs, run.src_vocab, run.tgt_vocab, run.model.config.max_len, "truncate"
+        pairs, run.src_vocab, run.tgt_vocab, run.model.max_source_tokens, "truncate"
     )
     result = evaluate(
         run.model, data, run.tgt_vocab, tc.synthetic, beam=args.beam, alpha=args.alpha,
         precision=args.precision,
     )  # fmt: skip
     result.update({"task": tc.task, "split": args.split, "run": str(args.run)})
+    # how much of the split each vocabulary cannot spell (words: unseen or rare; subwords: only
+    # characters never seen), in % of the tokens it produces
+    result["vocab"] = tc.vocab
+    result["src_unk_rate"] = unk_rate(run.src_vocab, [s for s, _ in pairs])
+    result["tgt_unk_rate"] = unk_rate(run.tgt_vocab, [t for _, t in pairs])
     if args.json:
         print(json.dumps(result))
         return 0
@@ -151,6 +204,10 @@ def run_eval(args: argparse.Namespace) -> int:
     label = "sequence accuracy (%)" if tc.synthetic else "BLEU"
     print(f"{tc.task} {args.split}: {result['n']} sentences, beam {args.beam}")
     print(f"loss {result['loss']:.4f}  perplexity {result['ppl']:.3f}  {label} {result[key]:.2f}")
+    print(
+        f"<unk> ({tc.vocab} vocabulary): {result['src_unk_rate']:.2f}% of source tokens, "
+        f"{result['tgt_unk_rate']:.2f}% of reference tokens"
+    )
     print(f"{'source length':>14} {'n':>6} {label:>22}")
     for row in result["by_length"]:
         print(f"{row['length']:>14} {row['n']:>6} {row[key]:>22.2f}")
@@ -243,13 +300,16 @@ def run_experiment(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     if args.multi30k:
-        report = multi30k_report(*args.multi30k, args.out, beam=args.beam, alpha=args.alpha)
-        print(f"{'':<10} {'test BLEU':>9} {'perplexity':>10}")
+        report = multi30k_report(*args.multi30k, out=args.out, beam=args.beam, alpha=args.alpha)
+        width = max(12, *(len(k) for k in report))
+        print(f"{'':<{width}} {'test BLEU':>9} {'perplexity':>10}")
         for k, r in report.items():
-            print(f"{k:<10} {r['bleu']:>9.2f} {r['ppl']:>10.2f}")
-        print(f"{'source length':>14} {'n':>5} {'plain BLEU':>11} {'attention BLEU':>15}")
-        for p, a in zip(report["plain"]["by_length"], report["attention"]["by_length"]):
-            print(f"{p['length']:>14} {p['n']:>5} {p['bleu']:>11.2f} {a['bleu']:>15.2f}")
+            print(f"{k:<{width}} {r['bleu']:>9.2f} {r['ppl']:>10.2f}")
+        print(f"{'source length':>14} {'n':>5} " + " ".join(f"{k:>{width}}" for k in report))
+        rows = zip(*(r["by_length"] for r in report.values()))
+        for row in rows:
+            scores = " ".join(f"{r['bleu']:>{width}.2f}" for r in row)
+            print(f"{row[0]['length']:>14} {row[0]['n']:>5} {scores}")
         print(f"bleu_vs_length.png, attention heatmaps and multi30k_report.json in {args.out}")
         return 0
     result = length_experiment(
@@ -269,13 +329,15 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def _print_length_table(result: dict) -> None:
-    print("length  plain acc %  attention acc %  ‖∂L/∂x₁‖ untrained: plain  attention")
-    p, a = result["plain"], result["attention"]
-    for k, row in enumerate(p["accuracy"]):
-        print(
-            f"{row['length']:>6} {row['accuracy']:>12.1f} {a['accuracy'][k]['accuracy']:>16.1f} "
-            f"{p['grad_norm_init'][k]['grad_norm']:>26.2e} {a['grad_norm_init'][k]['grad_norm']:>10.2e}"
-        )
+    labels = [k for k in ("plain", "attention", "transformer") if k in result]
+    print(
+        "length " + " ".join(f"{k + ' acc %':>17}" for k in labels)
+        + "   ‖∂L/∂x₁‖ untrained: " + " ".join(f"{k:>11}" for k in labels)
+    )  # fmt: skip
+    for i, row in enumerate(result[labels[0]]["accuracy"]):
+        acc = " ".join(f"{result[k]['accuracy'][i]['accuracy']:>17.1f}" for k in labels)
+        grad = " ".join(f"{result[k]['grad_norm_init'][i]['grad_norm']:>11.2e}" for k in labels)
+        print(f"{row['length']:>6} {acc}   {' ' * 20}{grad}")
 
 
 def seq2seq_demo_part(out: Path) -> None:
@@ -309,6 +371,7 @@ def _demo_experiment(out: Path) -> dict:
         progress=False,
         emb_dim=32,
         hidden_dim=64,
+        transformer_model=None,  # the demo keeps to the notes' two models (and its time budget)
         force=True,  # the demo's own folder: a second `make demo` starts its runs over
     )
 
@@ -348,11 +411,19 @@ def _add_synthetic_lengths(parser: argparse.ArgumentParser, shortest: int, longe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("seq2seq", help="train/evaluate RNN encoder-decoders", description=__doc__)
+    p = sub.add_parser(
+        "seq2seq", help="train/evaluate RNN and Transformer encoder-decoders", description=__doc__
+    )
     ss = p.add_subparsers(dest="seq2seq_command", metavar="ACTION", parser_class=type(p))
 
     t = ss.add_parser("train", help="train a model on a synthetic task or Multi30k")
     t.add_argument("--task", choices=TASKS, default="reverse")
+    t.add_argument(
+        "--arch",
+        choices=("rnn", "transformer"),
+        default=None,
+        help="rnn: GRU/LSTM encoder-decoder (with --attention); transformer: Vaswani et al. 2017",
+    )
     t.add_argument(
         "--attention",
         choices=SCORE_CHOICES,
@@ -371,18 +442,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--model", help="registered config to start from (default by task and attention)"
     )
-    t.add_argument("--emb-dim", type=int)
-    t.add_argument("--hidden-dim", type=int)
-    t.add_argument("--layers", type=int)
+    t.add_argument("--emb-dim", type=int, help="rnn: embedding size")
+    t.add_argument("--hidden-dim", type=int, help="rnn: state size")
+    t.add_argument("--layers", type=int, help="rnn: stacked RNN layers")
     t.add_argument("--dropout", type=float)
+    t.add_argument("--dim", type=int, help="transformer: model width d (default 256 on Multi30k)")
+    t.add_argument("--heads", type=int, help="transformer: attention heads")
+    t.add_argument("--enc-layers", type=int, help="transformer: encoder layers")
+    t.add_argument("--dec-layers", type=int, help="transformer: decoder layers")
+    t.add_argument("--ff-dim", type=int, help="transformer: feed-forward width")
+    t.add_argument("--attn-dropout", type=float, help="transformer: dropout on attention weights")
+    t.add_argument("--norm", choices=("pre", "post"), help="transformer: LayerNorm placement")
+    t.add_argument("--positions", choices=("sinusoidal", "learned"), help="transformer")
+    t.add_argument(
+        "--tie-embeddings",
+        choices=("none", "decoder", "all"),
+        help="transformer: share the target embedding with the output layer (decoder), and with "
+        "the source embedding too (all: needs --joint-vocab)",
+    )
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument(
         "--schedule",
-        choices=("plateau", "cosine"),
+        choices=("plateau", "cosine", "inverse_sqrt"),
         default="plateau",
-        help="plateau: halve lr when validation stops improving; cosine: anneal to 0 over --epochs",
+        help="plateau: halve lr when validation stops improving; cosine: anneal to 0 over --epochs "
+        "after --warmup; inverse_sqrt: warm up, then lr ∝ 1/√step (Vaswani et al.)",
+    )
+    t.add_argument("--warmup", type=int, default=0, help="steps of linear lr warmup")
+    t.add_argument(
+        "--adam-beta2", type=float, default=0.999, help="Adam β2 (the Transformer paper: 0.98)"
     )
     clip = t.add_argument(
         "--clip-grad",
@@ -405,7 +495,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--download", action="store_true", help="download Multi30k into --data-dir first"
     )
-    t.add_argument("--min-freq", type=int, default=2, help="translation: rarer words become <unk>")
+    t.add_argument("--min-freq", type=int, default=2, help="word vocab: rarer words become <unk>")
+    t.add_argument(
+        "--vocab",
+        choices=("word", "bpe", "unigram"),
+        default="word",
+        help="words, or subword pieces learned on the training split (Hugging Face tokenizers)",
+    )
+    t.add_argument(
+        "--vocab-size", type=int, default=8000, help="subword vocab: entries, specials included"
+    )
+    t.add_argument(
+        "--joint-vocab", action="store_true", help="subword vocab: one for both languages"
+    )
+    t.add_argument(
+        "--subword-model",
+        metavar="JSON",
+        help="use this tokenizers JSON file (e.g. a run's subwords.json) for both languages",
+    )
     t.add_argument("--lowercase", action="store_true")
     t.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     t.add_argument(
@@ -455,7 +562,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_precision_argument(e, "decoding")
     e.set_defaults(func=run_eval)
 
-    x = ss.add_parser("experiment", help="plain vs attention against input length (plots)")
+    x = ss.add_parser(
+        "experiment", help="plain vs attention vs Transformer against input length (plots)"
+    )
     x.add_argument("--task", choices=SYNTHETIC_TASKS, default="copy")
     _add_synthetic_lengths(x, 2, 20)
     x.add_argument("--epochs", type=int, default=6)
@@ -464,9 +573,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     x.add_argument(
         "--multi30k",
-        nargs=2,
-        metavar=("PLAIN_RUN", "ATTENTION_RUN"),
-        help="instead: BLEU by source length of two trained Multi30k runs on test2016",
+        nargs="+",
+        metavar="RUN",
+        help="instead: BLEU by source length of trained Multi30k runs (plain, attention, "
+        "transformer, …) on test2016",
     )
     x.add_argument("--beam", type=int, default=5, help="with --multi30k")
     x.add_argument(

@@ -248,20 +248,23 @@ class TranslationDataset(Dataset):
         self.tgt: list[Tensor] = []
         self.pairs: list[Pair] = []
         for i, (s, t) in enumerate(pairs):
-            if max_len is not None and max(len(s), len(t)) > max_len:
+            # Lengths count what the model reads: words, or subword pieces.
+            s_ids, t_ids = src_vocab.encode(s, add_eos=False), tgt_vocab.encode(t, add_eos=False)
+            if max_len is not None and max(len(s_ids), len(t_ids)) > max_len:
                 if too_long == "error":
                     raise InvalidInputError(
-                        f"pair {i} has {len(s)} source / {len(t)} target tokens, more than "
-                        f"max_len={max_len}; raise --max-len (max_len) or pass --too-long truncate "
-                        "(too_long='truncate')"
+                        f"pair {i} has {len(s_ids)} source / {len(t_ids)} target tokens, more "
+                        f"than max_len={max_len}; raise --max-len (max_len) or pass --too-long "
+                        "truncate (too_long='truncate')"
                     )
                 if too_long == "drop":
                     continue
                 s, t = s[:max_len], t[:max_len]
+                s_ids, t_ids = s_ids[:max_len], t_ids[:max_len]
             self.pairs.append((list(s), list(t)))
-            self.src.append(torch.tensor(src_vocab.encode(s), dtype=torch.long))
+            self.src.append(torch.tensor([*s_ids, src_vocab.eos_id], dtype=torch.long))
             self.tgt.append(
-                torch.tensor([tgt_vocab.bos_id, *tgt_vocab.encode(t)], dtype=torch.long)
+                torch.tensor([tgt_vocab.bos_id, *t_ids, tgt_vocab.eos_id], dtype=torch.long)
             )
 
     def __len__(self) -> int:

@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
-from ..plotting import plot_alignment, plot_lines
+from ..errors import InvalidInputError
+from ..plotting import plot_alignment, plot_alignment_grid, plot_lines
 from ..runs import LoadedRun, load_seq2seq
+from . import build_model
 from .data import TranslationDataset, collate, make_synthetic, synthetic_target
 from .model import Seq2Seq
 from .train import TrainConfig, evaluate, load_task, sequence_loss, train
+from .transformer import Transformer
 from .vocab import Vocabulary
 
 
@@ -48,7 +51,7 @@ def accuracy_by_length(
 
 
 def grad_norm_first_step(
-    model: Seq2Seq,
+    model: Seq2Seq | Transformer,
     src_vocab: Vocabulary,
     tgt_vocab: Vocabulary,
     task: str,
@@ -66,7 +69,8 @@ def grad_norm_first_step(
         output.retain_grad()
         captured["emb"] = output
 
-    handle = model.encoder.embed.register_forward_hook(hook)
+    embed = model.src_embed if isinstance(model, Transformer) else model.encoder.embed
+    handle = embed.register_forward_hook(hook)
     rows = []
     try:
         for length in lengths:
@@ -97,16 +101,23 @@ def length_experiment(
     plain_model: str = "seq2seq_gru_plain_small",
     attention: str = "concat",
     style: str = "bahdanau",
+    transformer_model: str | None = "transformer_small",
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
     force: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train the plain and the attention model the same way, then measure both against length.
+    """Train the plain and the attention model (and a Transformer, unless ``transformer_model``
+    is None) the same way, then measure them against length.
 
-    Writes into ``out``: ``plain/`` and ``attention/`` runs, ``accuracy_vs_length.png``,
-    ``grad_norm_vs_length.png``, ``attention_example.png`` and ``length_experiment.json``.
+    ``overrides`` apply to the two RNNs; the Transformer keeps its registered size, with learned
+    positions (on these short synthetic inputs they learned reverse to 100%, sinusoidal ones to
+    99-99.5%).
+
+    Writes into ``out``: ``plain/``, ``attention/`` (``transformer/``) runs,
+    ``accuracy_vs_length.png``, ``grad_norm_vs_length.png``, ``attention_example.png``
+    (``attention_example_transformer[_heads].png``) and ``length_experiment.json``.
     Runs already trained there are refused unless ``force`` (start them over).
     """
     out = Path(out)
@@ -126,12 +137,16 @@ def length_experiment(
         max_len=max(hi, max(test_lengths)),
     )
     runs = {}
-    for label, name, extra in (
-        ("plain", plain_model, {"attention": "none"}),
-        ("attention", model, {"attention": attention, "style": style, "input_feeding": False}),
-    ):
-        # A one-directional encoder, as in the notes: x_1 is then N steps from the context vector.
-        kw = {"bidirectional": False, **extra, **overrides}
+    # A one-directional encoder, as in the notes: x_1 is then N steps from the context vector.
+    rnn = {"bidirectional": False, **overrides}
+    models = [
+        ("plain", plain_model, {**rnn, "attention": "none"}),
+        ("attention", model,
+         {**rnn, "attention": attention, "style": style, "input_feeding": False}),
+    ]  # fmt: skip
+    if transformer_model is not None:
+        models.append(("transformer", transformer_model, {"positions": "learned"}))
+    for label, name, kw in models:
         train(
             name,
             tc,
@@ -145,7 +160,7 @@ def length_experiment(
     result: dict[str, Any] = {"task": task, "train_lengths": [lo, hi], "epochs": epochs}
     for label, run in runs.items():
         torch.manual_seed(seed)
-        fresh = Seq2Seq(run.model.config)  # same architecture, untrained: the architecture's effect
+        fresh = build_model(run.model.config)  # untrained: the architecture's effect alone
         args = (run.src_vocab, run.tgt_vocab, task, test_lengths)
         result[label] = {
             "accuracy": accuracy_by_length(run, test_lengths, seed=seed + 7),
@@ -155,13 +170,15 @@ def length_experiment(
             "grad_norm": grad_norm_first_step(run.model, *args, num_symbols=num_symbols, seed=seed),
         }
     plot_length_experiment(result, out)
-    example = make_synthetic(task, 1, hi, hi, num_symbols, seed + 99)[0]
+    example = " ".join(make_synthetic(task, 1, hi, hi, num_symbols, seed + 99)[0][0])
     attention_heatmap(
-        runs["attention"],
-        " ".join(example[0]),
-        out / "attention_example.png",
-        f"{task} (attention model)",
+        runs["attention"], example, out / "attention_example.png", f"{task} (attention model)"
     )
+    if "transformer" in runs:  # + attention_example_transformer_heads.png: every layer and head
+        attention_heatmap(
+            runs["transformer"], example, out / "attention_example_transformer.png",
+            f"{task} (Transformer, last layer)",
+        )  # fmt: skip
     (out / "length_experiment.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -169,13 +186,13 @@ def length_experiment(
 def plot_length_experiment(result: dict[str, Any], out: str | Path) -> None:
     """The two PNGs of :func:`length_experiment` from its result (also from the saved JSON)."""
     out = Path(out)
-    labels = ("plain", "attention")
+    labels = [k for k in ("plain", "attention", "transformer") if k in result]
     plot_lines(
         {k: [(r["length"], r["accuracy"]) for r in result[k]["accuracy"]] for k in labels},
         out / "accuracy_vs_length.png",
         "input length",
         "sequence accuracy (%)",
-        f"{result['task']}: plain vs attention encoder-decoder",
+        f"{result['task']}: " + " vs ".join(labels),
     )
     # Untrained models show the architecture's effect; a trained model's gradient also depends
     # on how well it already fits (small loss, small gradient), so those stay in the JSON.
@@ -193,20 +210,40 @@ def _bucket_mid(name: str) -> float:
     return int(name[:-1]) + 2.0 if name.endswith("+") else sum(map(int, name.split("-"))) / 2
 
 
+def run_label(run: LoadedRun) -> str:
+    """How a report names a run: plain, attention or transformer, and its subword vocabulary."""
+    if isinstance(run.model, Transformer):
+        label = "transformer"
+    else:
+        label = "attention" if run.model.has_attention else "plain"
+    vocab = run.train_config.vocab
+    return label if vocab == "word" else f"{label}+{vocab}"
+
+
 def multi30k_report(
-    plain_dir: str | Path,
-    attention_dir: str | Path,
+    *run_dirs: str | Path,
     out: str | Path,
     beam: int = 5,
     data_dir: str | None = None,
     examples: Sequence[int] = (0, 1, 2, 3),
     alpha: float = 0.6,
 ) -> dict[str, Any]:
-    """Test BLEU, perplexity and BLEU by source length of a plain and an attention Multi30k run,
-    ``bleu_vs_length.png`` and attention heatmaps of a few test sentences."""
+    """Test BLEU, perplexity and BLEU by source length of Multi30k runs (plain, attention,
+    Transformer, any number), ``bleu_vs_length.png`` and, for each run that attends, heatmaps
+    of a few test sentences (``attention_test{i}.png`` for the first such run,
+    ``attention_{label}_test{i}.png`` for the others).
+
+    Results are keyed by :func:`run_label` (the folder name added when two labels collide).
+    """
+    if not run_dirs:
+        raise InvalidInputError("give at least one Multi30k run to report on")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {"plain": load_seq2seq(plain_dir), "attention": load_seq2seq(attention_dir)}
+    runs: dict[str, LoadedRun] = {}
+    for d in run_dirs:
+        run = load_seq2seq(d)
+        label = run_label(run)
+        runs[label if label not in runs else f"{label} ({Path(d).name})"] = run
     result = {k: bleu_by_length(run, "test", beam, data_dir, alpha) for k, run in runs.items()}
     plot_lines(
         {
@@ -218,20 +255,20 @@ def multi30k_report(
         "BLEU",
         f"Multi30k test2016 De→En, beam {beam}, α {alpha}",
     )
-    tc = runs["attention"].train_config
-    if data_dir is not None:
-        tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": data_dir})
     from .data import multi30k_files, read_lines
 
-    sources = read_lines(multi30k_files(tc.data_dir, "test", tc.src_lang, tc.tgt_lang)[0])
-    for i in examples:
-        attention_heatmap(
-            runs["attention"],
-            sources[i],
-            out / f"attention_test{i + 1}.png",
-            f"test line {i + 1}",
-            beam,
-        )
+    attending = [k for k, run in runs.items() if run.model.has_attention]
+    for n, label in enumerate(attending):
+        tc = runs[label].train_config
+        if data_dir is not None:
+            tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": data_dir})
+        sources = read_lines(multi30k_files(tc.data_dir, "test", tc.src_lang, tc.tgt_lang)[0])
+        stem = "attention" if n == 0 else f"attention_{label.replace('+', '_')}"
+        for i in examples:
+            attention_heatmap(
+                runs[label], sources[i], out / f"{stem}_test{i + 1}.png",
+                f"{label}, test line {i + 1}", beam,
+            )  # fmt: skip
     (out / "multi30k_report.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -239,7 +276,8 @@ def multi30k_report(
 def attention_heatmap(
     run: LoadedRun, sentence: str, path: str | Path, title: str | None = None, beam: int = 1
 ) -> Path:
-    """Translate ``sentence`` and write its source × output attention heatmap."""
+    """Translate ``sentence`` and write its source × output attention heatmap (a Transformer's:
+    the last layer's mean over heads, and every layer and head in ``<path stem>_heads.png``)."""
     from .translate import translate
 
     t = translate(run, [sentence], beam=beam, too_long="truncate")[0]
@@ -250,8 +288,16 @@ def attention_heatmap(
             "this model has no attention: it was trained with --attention none "
             "(attention='none'); nothing to show"
         )
-    src = [*t.source_tokens, "<eos>"]
-    tgt = t.tokens + (["<eos>"] if t.attention.shape[0] > len(t.tokens) else [])
+    src = [*t.source_pieces, "<eos>"]
+    tgt = t.pieces + (["<eos>"] if t.attention.shape[0] > len(t.pieces) else [])
+    if isinstance(run.model, Transformer):
+        # every layer and head, from the translation fed back (teacher-forced) through the model
+        ids = [run.src_vocab.encode(t.source_tokens)]
+        src_ids, tgt_in = torch.tensor(ids), torch.tensor([[run.tgt_vocab.bos_id, *t.ids[:-1]]])
+        grid = run.model.cross_attention(src_ids, torch.tensor([src_ids.shape[1]]), tgt_in)
+        path = Path(path)
+        heads = path.with_name(f"{path.stem}_heads{path.suffix}")
+        plot_alignment_grid(src, tgt, grid[:, 0, :, : len(tgt)], heads, title)
     return plot_alignment(src, tgt, t.attention[: len(tgt)], path, title)
 
 
@@ -267,6 +313,6 @@ def bleu_by_length(
     if data_dir is not None:
         tc = TrainConfig.from_dict({**tc.to_dict(), "data_dir": data_dir})
     data = TranslationDataset(
-        load_task(tc, split), run.src_vocab, run.tgt_vocab, run.model.config.max_len
+        load_task(tc, split), run.src_vocab, run.tgt_vocab, run.model.max_source_tokens
     )
     return evaluate(run.model, data, run.tgt_vocab, False, beam=beam, alpha=alpha)

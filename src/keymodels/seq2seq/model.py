@@ -321,6 +321,11 @@ class Seq2Seq(nn.Module):
     def has_attention(self) -> bool:
         return self.config.attention != "none"
 
+    @property
+    def max_source_tokens(self) -> int:
+        """The longest source sentence, in tokens before its <eos>."""
+        return self.config.max_len
+
     def encode(self, src: Tensor, src_lengths: Tensor) -> State:
         """Memory for decoding: ``states`` [B, S, Eo], ``mask`` [B, S] (True at real tokens),
         ``final`` [B, L, Eo], ``context`` [B, Eo] (top layer's final state), and what the decoder

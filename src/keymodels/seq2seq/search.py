@@ -35,6 +35,14 @@ class Hypothesis:
     attention: Tensor | None = None
 
 
+def output_limit(model: Decodable, src_lengths: Tensor) -> int:
+    """How long an output may grow: twice the longest source plus 10 tokens, within the model's
+    positions (a Transformer's ``max_len``; an RNN has no such table)."""
+    limit = int(src_lengths.max()) * 2 + 10
+    positions = getattr(model, "max_positions", None)
+    return limit if positions is None else min(limit, positions)
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT's lp(Y) = ((5 + |Y|) / 6)^α; hypotheses are ranked by log p(Y) / lp(Y)."""
     return ((5.0 + length) / 6.0) ** alpha

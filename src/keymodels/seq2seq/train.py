@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoint, check_compatible, save_checkpoint
+from ..checkpoint import Checkpoint, CheckpointMismatchError, check_compatible, save_checkpoint
 from ..errors import InvalidInputError
 from ..registry import get_config
 from ..run import Run, check_same_settings, epoch_line, lr_factor
@@ -32,10 +32,13 @@ from ..runtime import (
     choice_key,
     choose_inference_precision,
 )
+from . import build_model, model_config_from_dict
 from .config import KIND, SCHEDULES, TrainConfig
 from .data import Pair, TranslationDataset, collate, load_multi30k, make_loader, make_synthetic
-from .model import Seq2Seq, Seq2SeqConfig
-from .search import Hypothesis, beam_search, greedy_search
+from .model import Seq2Seq
+from .search import Hypothesis, beam_search, greedy_search, output_limit
+from .subwords import SubwordVocabulary, vocab_from_dict
+from .transformer import Transformer
 from .vocab import Vocabulary, detokenize
 
 log = logging.getLogger(__name__)
@@ -66,20 +69,78 @@ def load_task(tc: TrainConfig, split: str) -> list[Pair]:
     return load_multi30k(tc.data_dir, split, tc.src_lang, tc.tgt_lang, tc.lowercase)
 
 
-def build_vocabs(tc: TrainConfig, train: Sequence[Pair]) -> tuple[Vocabulary, Vocabulary]:
-    min_freq = 1 if tc.synthetic else tc.min_freq
-    src = Vocabulary.build((s for s, _ in train), min_freq, tc.max_vocab, tc.lowercase)
-    tgt = Vocabulary.build((t for _, t in train), min_freq, tc.max_vocab, tc.lowercase)
-    return src, tgt
+Vocab = Vocabulary | SubwordVocabulary
+
+
+def build_vocabs(tc: TrainConfig, train: Sequence[Pair]) -> tuple[Vocab, Vocab]:
+    """Source and target vocabularies from the training pairs only: words (``min_freq``,
+    ``max_vocab``), or subword pieces (``tc.vocab`` bpe/unigram, ``vocab_size``), one joint
+    vocabulary or one per language, or the ``subword_model`` file given (used for both)."""
+    if tc.vocab == "word":
+        min_freq = 1 if tc.synthetic else tc.min_freq
+        src = Vocabulary.build((s for s, _ in train), min_freq, tc.max_vocab, tc.lowercase)
+        tgt = Vocabulary.build((t for _, t in train), min_freq, tc.max_vocab, tc.lowercase)
+        return src, tgt
+    if tc.subword_model:
+        vocab = SubwordVocabulary.from_file(tc.subword_model, tc.lowercase)
+        return vocab, vocab
+    sources, targets = [s for s, _ in train], [t for _, t in train]
+    if tc.joint_vocab:
+        vocab = SubwordVocabulary.train(sources + targets, tc.vocab, tc.vocab_size, tc.lowercase)
+        return vocab, vocab
+    return (
+        SubwordVocabulary.train(sources, tc.vocab, tc.vocab_size, tc.lowercase),
+        SubwordVocabulary.train(targets, tc.vocab, tc.vocab_size, tc.lowercase),
+    )
+
+
+def check_subword_model(tc: TrainConfig, src_vocab: Vocab, where: str) -> None:
+    """A resumed run's ``--subword-model`` file must still be the vocabulary it trained with."""
+    if not tc.subword_model:
+        return
+    given = SubwordVocabulary.from_file(tc.subword_model, tc.lowercase)
+    if given != src_vocab:
+        raise CheckpointMismatchError(
+            f"the subword model {tc.subword_model} (sha256 {given.sha256()[:12]}, {len(given)} "
+            f"pieces) does not match the one {where} was trained with (sha256 "
+            f"{src_vocab.sha256()[:12]}, {len(src_vocab)} pieces); restore that file, or train "
+            "a new run (new --out) with this one"
+        )
+
+
+def save_vocab_files(run: Run, src_vocab: Vocab, tgt_vocab: Vocab) -> None:
+    """The subword models as files in the run folder (``--subword-model`` reads them back)."""
+    if not isinstance(src_vocab, SubwordVocabulary):
+        return
+    if src_vocab is tgt_vocab:
+        run.write_json("subwords.json", src_vocab.to_dict())
+    else:
+        run.write_json("subwords.src.json", src_vocab.to_dict())
+        run.write_json("subwords.tgt.json", tgt_vocab.to_dict())
+
+
+def lr_schedule(tc: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """Per step: cosine to zero after ``warmup`` steps, or inverse square root (peak at
+    ``warmup``); per epoch: halve the lr when the validation score stalls (plateau)."""
+    if tc.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, tc.warmup, total_steps, 0.0)
+        )
+    if tc.schedule == "inverse_sqrt":
+        w = tc.warmup
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / w, math.sqrt(w / (s + 1)))
+        )
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
 
 
 # ---------------------------------------------------------------------------- checkpoints
 
 
 def run_checkpoint(
-    model: Seq2Seq,
-    src_vocab: Vocabulary,
-    tgt_vocab: Vocabulary,
+    model: Seq2Seq | Transformer,
+    src_vocab: Vocab,
+    tgt_vocab: Vocab,
     tc: TrainConfig,
     state: dict[str, Any],
 ) -> Checkpoint:
@@ -98,9 +159,9 @@ def run_checkpoint(
 
 def save_run_checkpoint(
     path: Path,
-    model: Seq2Seq,
-    src_vocab: Vocabulary,
-    tgt_vocab: Vocabulary,
+    model: Seq2Seq | Transformer,
+    src_vocab: Vocab,
+    tgt_vocab: Vocab,
     tc: TrainConfig,
     state: dict[str, Any],
 ) -> Path:
@@ -208,29 +269,26 @@ def _train(
     # Data and model: vocabularies built from the training pairs, or the resumed run's.
     train_pairs, val_pairs = load_task(tc, "train"), load_task(tc, "val")
     if ckpt is not None:
-        src_vocab = Vocabulary.from_dict(ckpt.meta["src_vocab"])
-        tgt_vocab = Vocabulary.from_dict(ckpt.meta["tgt_vocab"])
-        config = Seq2SeqConfig.from_dict(ckpt.meta["config"])
+        src_vocab = vocab_from_dict(ckpt.meta["src_vocab"])
+        tgt_vocab = vocab_from_dict(ckpt.meta["tgt_vocab"])
+        if ckpt.meta["src_vocab"] == ckpt.meta["tgt_vocab"]:
+            tgt_vocab = src_vocab  # joint: one object, as when it was trained
+        check_subword_model(tc, src_vocab, str(run.last_path))
+        config = model_config_from_dict(ckpt.meta["config"])
     else:
         src_vocab, tgt_vocab = build_vocabs(tc, train_pairs)
         sizes = {"src_vocab_size": len(src_vocab), "tgt_vocab_size": len(tgt_vocab)}
         config = get_config(model_name, **{**sizes, **model_overrides})
-        config = dataclasses.replace(config, max_len=max(config.max_len, tc.max_len))
-    model = Seq2Seq(config)
+        # room for the longest training sentence, with <bos>/<eos>
+        config = dataclasses.replace(config, max_len=max(config.max_len, tc.max_len + 2))
+    model = build_model(config)
     train_set = TranslationDataset(train_pairs, src_vocab, tgt_vocab, tc.max_len, tc.too_long)
     val_set = TranslationDataset(val_pairs, src_vocab, tgt_vocab, tc.max_len, "truncate")
     loader = make_loader(train_set, tc.batch_size, True, tc.seed, tc.num_workers)
 
     # Optimizer and schedule: per-step cosine to zero, or halving on a validation plateau.
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    total_steps = tc.epochs * len(loader)
-    scheduler: Any = (
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, 0, total_steps, 0.0))
-        if tc.schedule == "cosine"
-        else torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=1
-        )
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
+    scheduler = lr_schedule(tc, optimizer, tc.epochs * len(loader))
     history: list[dict[str, Any]] = []
     step = 0  # optimizer steps so far, a resumed run's included
     if ckpt is not None:
@@ -255,6 +313,7 @@ def _train(
 
     choice = run.choose_precision(precision, model, timing_loss, "cpu")
     run.write_json("config.json", {"model": config.to_dict(), "train": tc.to_dict()})
+    save_vocab_files(run, src_vocab, tgt_vocab)
 
     def checkpoint(epochs: int, **extra: Any) -> Checkpoint:
         """Everything resume needs after ``epochs`` whole epochs (and ``partial``, if given)."""
@@ -302,7 +361,7 @@ def _train(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
                 optimizer.step()
                 step += 1
-                if tc.schedule == "cosine":
+                if tc.schedule != "plateau":
                     scheduler.step()
                 n = int((tgt[:, 1:] != 0).sum())
                 sums["total"] += loss_value * n
@@ -373,9 +432,9 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 @torch.no_grad()
 def decode_dataset(
-    model: Seq2Seq,
+    model: Seq2Seq | Transformer,
     dataset: TranslationDataset,
-    tgt_vocab: Vocabulary,
+    tgt_vocab: Vocab,
     beam: int = 1,
     alpha: float = 0.6,
     batch_size: int = 100,
@@ -388,7 +447,7 @@ def decode_dataset(
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         batch = collate([dataset[j] for j in idx])
-        limit = max_len or int(batch["src_lengths"].max()) * 2 + 10
+        limit = max_len or output_limit(model, batch["src_lengths"])
         if beam == 1:
             hyps = greedy_search(
                 model,
@@ -420,7 +479,7 @@ def decode_dataset(
 
 @torch.no_grad()
 def dataset_loss(
-    model: Seq2Seq, dataset: TranslationDataset, batch_size: int = 100
+    model: Seq2Seq | Transformer, dataset: TranslationDataset, batch_size: int = 100
 ) -> tuple[float, int]:
     """Mean per-token cross-entropy (no label smoothing) with teacher forcing, and the token count."""
     model.eval()
@@ -437,15 +496,15 @@ def dataset_loss(
 
 def choose_decode_precision(
     requested: str,
-    model: Seq2Seq,
-    tgt_vocab: Vocabulary,
+    model: Seq2Seq | Transformer,
+    tgt_vocab: Vocab,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
 ) -> PrecisionChoice:
     """The precision to decode in: "auto" times one search over ``src`` [B, S] in fp32 and in
     bf16 autocast (the choice is cached per model, batch shape and machine)."""
-    limit, bos, eos = int(src_lengths.max()) * 2 + 10, tgt_vocab.bos_id, tgt_vocab.eos_id
+    limit, bos, eos = output_limit(model, src_lengths), tgt_vocab.bos_id, tgt_vocab.eos_id
 
     def step() -> None:
         if beam == 1:
@@ -471,9 +530,9 @@ def length_bucket(n: int, synthetic: bool) -> str:
 
 
 def evaluate(
-    model: Seq2Seq,
+    model: Seq2Seq | Transformer,
     dataset: TranslationDataset,
-    tgt_vocab: Vocabulary,
+    tgt_vocab: Vocab,
     synthetic: bool,
     beam: int = 1,
     alpha: float = 0.6,

@@ -19,9 +19,13 @@ from ..errors import InvalidInputError
 from ..runs import LoadedRun
 from ..runtime import autocast, check_precision
 from .data import pad_batch
-from .search import Hypothesis, beam_search, greedy_search
+from .search import Hypothesis, beam_search, greedy_search, output_limit
+from .subwords import SubwordVocabulary
 from .train import choose_decode_precision
+from .transformer import Transformer
 from .vocab import Vocabulary, detokenize, tokenize
+
+Vocab = Vocabulary | SubwordVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +34,9 @@ log = logging.getLogger(__name__)
 class Translation:
     """One translated sentence.
 
-    ``source_tokens`` are what the model saw (after truncation), ``unknown`` the source words it
-    mapped to ``<unk>``; ``attention`` is α [target tokens (+<eos>), source tokens (+<eos>)].
+    ``source_tokens`` are the source words the model saw (after truncation), ``unknown`` those it
+    mapped to ``<unk>``; ``source_pieces``/``pieces`` are what it read and wrote (the words, or
+    subword pieces), the axes of ``attention``, α [pieces (+<eos>), source pieces (+<eos>)].
     """
 
     source: str
@@ -43,6 +48,9 @@ class Translation:
     truncated: bool = False
     attention: Tensor | None = None
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # n-best after the first
+    source_pieces: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # the output ids, <eos> included if reached
 
 
 # Invisible characters that may stay in a sentence: zero-width (non-)joiners shape scripts and emoji.
@@ -78,14 +86,15 @@ def check_sentence_text(sentence: str) -> str:
 
 
 def prepare_source(
-    sentence: str, vocab: Vocabulary, max_len: int, too_long: str = "error"
+    sentence: str, vocab: Vocab, max_len: int, too_long: str = "error", limit: str = ""
 ) -> tuple[list[str], bool]:
-    """Tokens of ``sentence`` and whether they were truncated to ``max_len``.
+    """Words of ``sentence`` and whether they were cut so the model reads at most ``max_len``
+    tokens (words, or subword pieces for a subword vocabulary).
 
     Raises:
         InvalidInputError: the sentence is empty or whitespace only, holds control characters or
             bytes that are not UTF-8 (see :func:`check_sentence_text`), or is longer than
-            ``max_len`` tokens with ``too_long="error"``.
+            ``max_len`` tokens with ``too_long="error"`` (``limit``: what sets it, for the message).
     """
     if too_long not in ("error", "truncate"):
         raise InvalidInputError(f"too_long must be 'error' or 'truncate'; got {too_long!r}")
@@ -94,16 +103,24 @@ def prepare_source(
         raise InvalidInputError(
             f"cannot translate an empty or whitespace-only sentence ({sentence!r}); give some words"
         )
-    if len(tokens) > max_len:
+    n = len(vocab.encode(tokens, add_eos=False))
+    if n > max_len:
+        unit = "subword tokens" if n != len(tokens) else "tokens"
         if too_long == "error":
             raise InvalidInputError(
-                f"the sentence has {len(tokens)} tokens, more than this model's maximum of {max_len}; "
-                "shorten it or pass --too-long truncate (too_long='truncate')"
+                f"the sentence has {n} {unit}, more than this model's maximum of {max_len}"
+                f"{f' ({limit})' if limit else ''}; shorten it or pass --too-long truncate "
+                "(too_long='truncate')"
             )
-        log.warning(
-            "sentence of %d tokens truncated to the model's maximum of %d", len(tokens), max_len
-        )
-        return tokens[:max_len], True
+        log.warning("sentence of %d %s truncated to the model's maximum of %d", n, unit, max_len)
+        # whole words, as many as fit (a word's pieces do not depend on its neighbours)
+        kept, used = [], 0
+        for word in tokens:
+            used += len(vocab.encode([word], add_eos=False))
+            if used > max_len:
+                break
+            kept.append(word)
+        return kept, True
     return tokens, False
 
 
@@ -129,7 +146,12 @@ def translate(
             f"alpha, the length penalty exponent, must be a finite number (e.g. 0.6); got {alpha}"
         )
     model, src_vocab, tgt_vocab = run.model.eval(), run.src_vocab, run.tgt_vocab
-    prepared = [prepare_source(s, src_vocab, model.config.max_len, too_long) for s in sentences]
+    limit = ""
+    if isinstance(model, Transformer):
+        limit = f"its position table holds {model.max_positions}, <eos> included"
+    prepared = [
+        prepare_source(s, src_vocab, model.max_source_tokens, too_long, limit) for s in sentences
+    ]
     results: list[Translation] = []
     for i in range(0, len(sentences), batch_size):
         chunk = prepared[i : i + batch_size]
@@ -156,6 +178,9 @@ def translate(
                     alternatives=[
                         (detokenize(tgt_vocab.decode(h.tokens)), h.score) for h in hyps[1:]
                     ],
+                    source_pieces=src_vocab.pieces(toks),
+                    pieces=[tgt_vocab.itos[k] for k in best.tokens if k != tgt_vocab.eos_id],
+                    ids=list(best.tokens),
                 )
             )
     return results
@@ -163,14 +188,14 @@ def translate(
 
 def _search(
     model: Any,
-    tgt_vocab: Vocabulary,
+    tgt_vocab: Vocab,
     src: torch.Tensor,
     lengths: torch.Tensor,
     beam: int,
     alpha: float,
     n_best: int,
 ) -> list[list[Hypothesis]]:
-    limit, bos, eos = int(lengths.max()) * 2 + 10, tgt_vocab.bos_id, tgt_vocab.eos_id
+    limit, bos, eos = output_limit(model, lengths), tgt_vocab.bos_id, tgt_vocab.eos_id
     if beam == 1:
         return [[h] for h in greedy_search(model, src, lengths, limit, bos, eos, alpha)]
     return beam_search(model, src, lengths, beam, limit, bos, eos, alpha, n_best)

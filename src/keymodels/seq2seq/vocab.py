@@ -106,6 +106,10 @@ class Vocabulary:
         ids = [self.stoi.get(t.lower() if self.lowercase else t, self.unk_id) for t in tokens]
         return [*ids, self.eos_id] if add_eos else ids
 
+    def pieces(self, tokens: Sequence[str]) -> list[str]:
+        """The tokens the model reads for ``tokens``: the words themselves (see subwords)."""
+        return list(tokens)
+
     def unknown(self, tokens: Sequence[str]) -> list[str]:
         """The tokens of ``tokens`` that this vocabulary maps to ``<unk>``."""
         return [t for t in tokens if (t.lower() if self.lowercase else t) not in self.stoi]
