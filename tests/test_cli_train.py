@@ -21,6 +21,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = main([
         "train", "--recipe", "digits", "--out", str(out), "--epochs", "2", "--batch-size", "32",
         "--lr", "0.01", "--warmup-epochs", "0.3", "--crop-padding", "0", "--no-progress", "--json",
+        "--precision", "fp32",  # timed "auto" may pick apart from eval's on a loaded machine
     ])  # fmt: skip
     assert code == 0
     return out
@@ -35,7 +36,7 @@ def test_train_prints_results(run_dir: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(run_dir), "--json"]) == 0
+    assert main(["eval", str(run_dir), "--json", "--precision", "fp32"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 360 and sum(map(sum, res["confusion"])) == 360
     diag = sum(res["confusion"][i][i] for i in range(10))
@@ -45,7 +46,7 @@ def test_eval_json_and_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -
     results = json.loads((run_dir / "results.json").read_text())
     assert res["split"] == "test" and res["accuracy"] == pytest.approx(results["test_acc"])
     assert res["test_acc"] == res["accuracy"] and "val_acc" not in res
-    assert main(["eval", str(run_dir), "--split", "val", "--json"]) == 0
+    assert main(["eval", str(run_dir), "--split", "val", "--json", "--precision", "fp32"]) == 0
     val = json.loads(capsys.readouterr().out)
     assert val["split"] == "val" and val["n"] == results["split_sizes"]["val"] == 142
     assert val["accuracy"] == pytest.approx(results["val_acc"]) == val["val_acc"]

@@ -304,3 +304,9 @@ def test_length_experiment_puts_the_transformer_beside_the_two_rnns(tmp_path, ca
     for png in ("accuracy_vs_length.png", "attention_example_transformer.png",
                 "attention_example_transformer_heads.png"):  # fmt: skip
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transformer_resumes_without_naming_its_architecture(transformer_dir, capsys):
+    args = ["seq2seq", "train", *TINY, "--epochs", "2", "--train-size", "200", "--resume"]
+    assert main([*args, "--out", str(transformer_dir), "--dropout", "0.0"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out

@@ -161,3 +161,56 @@ def test_a_subword_model_file_that_no_longer_matches_is_refused(tmp_path):
         InvalidInputError, match="--joint-vocab and --subword-model are for subword"
     ):
         TrainConfig(joint_vocab=True)
+
+
+def test_settings_a_transformer_cannot_use_are_refused_before_training(tmp_path):
+    torch.set_num_threads(1)
+    from keymodels.registry import get_config
+    from keymodels.seq2seq.train import check_model_fits
+
+    # two languages' own vocabularies of one size cannot share one embedding table
+    german = SubwordVocabulary.train(CORPUS, "bpe", 60)
+    english = SubwordVocabulary.train([tokenize("A man rides a red bike.")] * 3, "bpe", 60)
+    tied = get_config("transformer_tiny", tie_embeddings="all", src_vocab_size=60,
+                      tgt_vocab_size=60)  # fmt: skip
+    with pytest.raises(InvalidInputError, match="needs one joint vocabulary; add --joint-vocab"):
+        check_model_fits(tied, TrainConfig(vocab="bpe", vocab_size=60), german, english)
+    check_model_fits(tied, TrainConfig(vocab="bpe", vocab_size=60), german, german)
+    tf = TrainConfig(teacher_forcing=0.5, **SYNTH)
+    with pytest.raises(InvalidInputError, match=r"teacher forcing 1\.0 only; got 0\.5"):
+        train("transformer_tiny", tf, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "config.json").exists()
+    # learned positions stop at the longest training sentence: later rows would never train
+    train("transformer_tiny", TrainConfig(**SYNTH), tmp_path / "c", progress=False,
+          precision="fp32", max_steps=1, positions="learned")  # fmt: skip
+    assert load_seq2seq(tmp_path / "c").model.config.max_len == SYNTH["max_len"] + 2
+
+
+def test_subword_model_files_must_fit_how_keymodels_marks_words(tmp_path):
+    import tokenizers
+
+    wordpiece_style = tokenizers.Tokenizer(
+        tokenizers.models.BPE(unk_token="<unk>", continuing_subword_prefix="##")
+    )
+    wordpiece_style.add_special_tokens(["<pad>", "<unk>", "<bos>", "<eos>"])
+    wordpiece_style.save(str(tmp_path / "hash.json"))
+    with pytest.raises(InvalidInputError, match="marks word pieces with continuing_subword_prefix"):
+        SubwordVocabulary.from_file(tmp_path / "hash.json")
+    SubwordVocabulary.train(CORPUS, "unigram", 60).save(tmp_path / "uni.json")
+    tc = TrainConfig(vocab="bpe", subword_model=str(tmp_path / "uni.json"), **SYNTH)
+    with pytest.raises(InvalidInputError, match="is a unigram model but --vocab bpe"):
+        train("transformer_tiny", tc, tmp_path / "run", progress=False)
+
+
+def test_too_long_pairs_and_sentences_are_cut_at_whole_words(multi30k_bpe):
+    bpe, _ = multi30k_bpe
+    words = tokenize("Ein Mann fotografiert trägerlose Kleider.")
+    n_first = len(bpe.encode(words[:3], add_eos=False))
+    data = TranslationDataset([(words, words)], bpe, bpe, max_len=n_first + 1)
+    assert data.pairs[0][0] == words[:3]  # the 4th word's pieces would not fit
+    assert len(data.src[0]) == n_first + 1  # + <eos>
+    long_word = ["Donaudampfschifffahrtsgesellschaftskapitänsmütze"]
+    with pytest.raises(InvalidInputError, match="its first source word alone is longer"):
+        TranslationDataset([(long_word, ["a"])], bpe, bpe, max_len=2)
+    with pytest.raises(InvalidInputError, match="first word of the sentence alone has more"):
+        prepare_source(long_word[0] + " fährt", bpe, 2, "truncate")

@@ -388,7 +388,7 @@ class MultiHeadAttention(nn.Module):
             fused_causal = False
         scale = self.scale
         if self.temperature is not None:
-            if context is not None:
+            if context is not None or kv is not None:
                 raise InvalidInputError("locality self-attention (lsa=True) is self-attention only")
             if T < 2:
                 raise InvalidInputError(

@@ -134,6 +134,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.download:
         download_multi30k(args.data_dir)
     tc = _train_config(args)
+    if args.resume and args.model is None and args.arch is None:  # the run's own architecture
+        meta = checkpoint_meta(Path(args.out) / "last.safetensors") or {}
+        stored = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        args.arch = "transformer" if stored.get("arch") == "transformer" else None
     args.arch = _arch(args.model, args.arch)
     overrides = _model_overrides(args)
     name = args.model or _default_model(tc.task, args.attention, args.arch)
@@ -322,6 +326,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
         on_epoch=lambda label, row: _print_row(row, args.epochs, label),
+        precision=args.precision,
     )
     _print_length_table(result)
     print(f"plots and length_experiment.json in {args.out}")
@@ -585,6 +590,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--no-progress", action="store_true")
     x.add_argument("--force", action="store_true", help="start over in an OUT that holds runs")
     x.add_argument("--out", required=True)
+    add_precision_argument(x, "training")
     x.set_defaults(func=run_experiment)
 
     tr = sub.add_parser(

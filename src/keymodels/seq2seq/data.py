@@ -224,6 +224,18 @@ def make_synthetic(
 # ---------------------------------------------------------------------------- tensors and batches
 
 
+def fit_words(vocab, words: Sequence[str], max_len: int) -> list[str]:
+    """The longest prefix of whole ``words`` that ``vocab`` encodes in at most ``max_len`` tokens
+    (words, or subword pieces: a word's pieces do not depend on its neighbours)."""
+    kept, used = [], 0
+    for word in words:
+        used += len(vocab.encode([word], add_eos=False))
+        if used > max_len:
+            break
+        kept.append(word)
+    return kept
+
+
 class TranslationDataset(Dataset):
     """Pairs as id tensors: source ids end with ``<eos>``; target ids are ``<bos> y… <eos>``.
 
@@ -259,8 +271,17 @@ class TranslationDataset(Dataset):
                     )
                 if too_long == "drop":
                     continue
-                s, t = s[:max_len], t[:max_len]
-                s_ids, t_ids = s_ids[:max_len], t_ids[:max_len]
+                # whole words, so the pairs kept (references, length buckets) are what the ids say
+                s, t = fit_words(src_vocab, s, max_len), fit_words(tgt_vocab, t, max_len)
+                if not s or not t:
+                    raise InvalidInputError(
+                        f"pair {i}: its first {'source' if not s else 'target'} word alone is "
+                        f"longer than max_len={max_len} tokens; raise --max-len (max_len)"
+                    )
+                s_ids, t_ids = (
+                    src_vocab.encode(s, add_eos=False),
+                    tgt_vocab.encode(t, add_eos=False),
+                )
             self.pairs.append((list(s), list(t)))
             self.src.append(torch.tensor([*s_ids, src_vocab.eos_id], dtype=torch.long))
             self.tgt.append(

@@ -6,7 +6,9 @@ passes through every encoder step; attention gives each output a direct path to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,14 +108,15 @@ def length_experiment(
     progress: bool = True,
     on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
     force: bool = False,
+    precision: str = "auto",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train the plain and the attention model (and a Transformer, unless ``transformer_model``
     is None) the same way, then measure them against length.
 
     ``overrides`` apply to the two RNNs; the Transformer keeps its registered size, with learned
-    positions (on these short synthetic inputs they learned reverse to 100%, sinusoidal ones to
-    99-99.5%).
+    positions (on short synthetic inputs they learned reverse to 100%, sinusoidal ones to
+    99-99.5%), and trains with warmup and cosine decay.
 
     Writes into ``out``: ``plain/``, ``attention/`` (``transformer/``) runs,
     ``accuracy_vs_length.png``, ``grad_norm_vs_length.png``, ``attention_example.png``
@@ -146,13 +149,21 @@ def length_experiment(
     ]  # fmt: skip
     if transformer_model is not None:
         models.append(("transformer", transformer_model, {"positions": "learned"}))
+    # Each architecture with its usual recipe, the same data and epochs: the RNNs with a constant
+    # lr (halved on plateaus), the Transformer with warmup and cosine decay and Adam's β2 = 0.98
+    # (with the RNNs' constant 2e-3 and no warmup it copied only 39% of the inputs after 4 epochs).
+    steps = epochs * math.ceil(train_size / tc.batch_size)
+    recipes = {"transformer": dataclasses.replace(
+        tc, schedule="cosine", warmup=max(1, steps // 10), adam_beta2=0.98
+    )}  # fmt: skip
     for label, name, kw in models:
         train(
             name,
-            tc,
+            recipes.get(label, tc),
             out / label,
             progress=progress,
             force=force,
+            precision=precision,
             on_epoch=None if on_epoch is None else (lambda row, label=label: on_epoch(label, row)),
             **kw,
         )

@@ -200,7 +200,18 @@ class SubwordVocabulary:
                 f"{path} holds a {kind or 'non-tokenizer'} model; keymodels reads BPE or "
                 "unigram tokenizers JSON files"
             )
+        model = d["model"]
+        marks = [k for k in ("continuing_subword_prefix", "end_of_word_suffix") if model.get(k)]
+        if marks or "ByteLevel" in json.dumps(d.get("pre_tokenizer")):
+            why = f"marks word pieces with {marks[0]}" if marks else "is byte-level (GPT-2 style)"
+            raise InvalidInputError(
+                f"{path} {why}; keymodels reads subword models whose pieces start words with "
+                f"{MARK} (sentencepiece style, as `keymodels seq2seq train --vocab bpe` writes)"
+            )
         tokenizer = _tokenizers().Tokenizer.from_str(json.dumps(d))
+        # our words arrive split and marked already: nothing may split or mark them again
+        tk = _tokenizers()
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()
         return cls(tokenizer, kind, lowercase)
 
     def save(self, path: str | Path) -> Path:

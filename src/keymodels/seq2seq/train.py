@@ -35,10 +35,10 @@ from ..runtime import (
 from . import build_model, model_config_from_dict
 from .config import KIND, SCHEDULES, TrainConfig
 from .data import Pair, TranslationDataset, collate, load_multi30k, make_loader, make_synthetic
-from .model import Seq2Seq
+from .model import Seq2Seq, Seq2SeqConfig
 from .search import Hypothesis, beam_search, greedy_search, output_limit
 from .subwords import SubwordVocabulary, vocab_from_dict
-from .transformer import Transformer
+from .transformer import Transformer, TransformerConfig
 from .vocab import Vocabulary, detokenize
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def build_vocabs(tc: TrainConfig, train: Sequence[Pair]) -> tuple[Vocab, Vocab]:
         return src, tgt
     if tc.subword_model:
         vocab = SubwordVocabulary.from_file(tc.subword_model, tc.lowercase)
+        if vocab.model != tc.vocab:
+            raise InvalidInputError(
+                f"the subword model {tc.subword_model} is a {vocab.model} model but --vocab "
+                f"{tc.vocab} (vocab) was given; pass --vocab {vocab.model}"
+            )
         return vocab, vocab
     sources, targets = [s for s, _ in train], [t for _, t in train]
     if tc.joint_vocab:
@@ -95,8 +100,9 @@ def build_vocabs(tc: TrainConfig, train: Sequence[Pair]) -> tuple[Vocab, Vocab]:
 
 
 def check_subword_model(tc: TrainConfig, src_vocab: Vocab, where: str) -> None:
-    """A resumed run's ``--subword-model`` file must still be the vocabulary it trained with."""
-    if not tc.subword_model:
+    """A resumed run's ``--subword-model`` file, where it still is, must still be the vocabulary
+    it trained with (a moved file is no error: the checkpoint holds the vocabulary)."""
+    if not tc.subword_model or not Path(tc.subword_model).is_file():
         return
     given = SubwordVocabulary.from_file(tc.subword_model, tc.lowercase)
     if given != src_vocab:
@@ -105,6 +111,24 @@ def check_subword_model(tc: TrainConfig, src_vocab: Vocab, where: str) -> None:
             f"pieces) does not match the one {where} was trained with (sha256 "
             f"{src_vocab.sha256()[:12]}, {len(src_vocab)} pieces); restore that file, or train "
             "a new run (new --out) with this one"
+        )
+
+
+def check_model_fits(
+    config: Seq2SeqConfig | TransformerConfig, tc: TrainConfig, src_vocab: Vocab, tgt_vocab: Vocab
+) -> None:
+    """What a Transformer cannot do with these settings, refused before any training."""
+    if not isinstance(config, TransformerConfig):
+        return
+    if tc.teacher_forcing < 1.0:
+        raise InvalidInputError(
+            f"the Transformer trains with teacher forcing 1.0 only; got {tc.teacher_forcing} "
+            "(--teacher-forcing is for the RNN models)"
+        )
+    if config.tie_embeddings == "all" and src_vocab != tgt_vocab:
+        raise InvalidInputError(
+            "--tie-embeddings all shares one embedding between the two languages, so it needs "
+            "one joint vocabulary; add --joint-vocab (with --vocab bpe|unigram) or tie 'decoder'"
         )
 
 
@@ -279,8 +303,12 @@ def _train(
         src_vocab, tgt_vocab = build_vocabs(tc, train_pairs)
         sizes = {"src_vocab_size": len(src_vocab), "tgt_vocab_size": len(tgt_vocab)}
         config = get_config(model_name, **{**sizes, **model_overrides})
-        # room for the longest training sentence, with <bos>/<eos>
-        config = dataclasses.replace(config, max_len=max(config.max_len, tc.max_len + 2))
+        # room for the longest training sentence, with <bos>/<eos>; learned positions stop there,
+        # as rows past it would never be trained
+        learned = getattr(config, "positions", None) == "learned"
+        max_len = tc.max_len + 2 if learned else max(config.max_len, tc.max_len + 2)
+        config = dataclasses.replace(config, max_len=max_len)
+        check_model_fits(config, tc, src_vocab, tgt_vocab)
     model = build_model(config)
     train_set = TranslationDataset(train_pairs, src_vocab, tgt_vocab, tc.max_len, tc.too_long)
     val_set = TranslationDataset(val_pairs, src_vocab, tgt_vocab, tc.max_len, "truncate")

@@ -150,7 +150,12 @@ class DecoderLayer(nn.Module):
         if past is None:  # all positions at once (training)
             return self.self_attn(x, causal=True)[0], None
         k, v = self.self_attn.project_kv(x)
-        kv = (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        # the first step starts the cache in the keys' own dtype (bf16 under autocast)
+        kv = (
+            (k, v)
+            if past[0].shape[2] == 0
+            else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        )
         return self.self_attn(x, kv=kv)[0], kv
 
     def forward(

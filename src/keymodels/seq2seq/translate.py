@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import InvalidInputError
 from ..runs import LoadedRun
 from ..runtime import autocast, check_precision
-from .data import pad_batch
+from .data import fit_words, pad_batch
 from .search import Hypothesis, beam_search, greedy_search, output_limit
 from .subwords import SubwordVocabulary
 from .train import choose_decode_precision
@@ -112,14 +112,13 @@ def prepare_source(
                 f"{f' ({limit})' if limit else ''}; shorten it or pass --too-long truncate "
                 "(too_long='truncate')"
             )
+        kept = fit_words(vocab, tokens, max_len)
+        if not kept:
+            raise InvalidInputError(
+                f"the first word of the sentence alone has more than this model's maximum of "
+                f"{max_len} {unit}; nothing would be left to translate: shorten it"
+            )
         log.warning("sentence of %d %s truncated to the model's maximum of %d", n, unit, max_len)
-        # whole words, as many as fit (a word's pieces do not depend on its neighbours)
-        kept, used = [], 0
-        for word in tokens:
-            used += len(vocab.encode([word], add_eos=False))
-            if used > max_len:
-                break
-            kept.append(word)
         return kept, True
     return tokens, False
 
