@@ -17,19 +17,10 @@ from keymodels.seq2seq.model import reorder
 from keymodels.seq2seq.search import beam_search, greedy_search
 from keymodels.seq2seq.train import TrainConfig, evaluate, load_task, train
 from keymodels.seq2seq.transformer import Transformer, TransformerConfig, sinusoidal_positions
+from test_seq2seq_model import _batch  # the same random padded batches as the RNN tests
 
 NAMES = list_models("transformer_*")
 TINY = ("transformer_tiny", "transformer_tiny_post_learned")
-
-
-def _batch(lengths, vocab=20, seed=0, tgt_len=5):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        src[i, :n] = torch.randint(4, vocab, (n,), generator=g)
-    tgt = torch.randint(4, vocab, (len(lengths), tgt_len), generator=g)
-    tgt[:, 0] = 2
-    return src, torch.tensor(lengths), tgt
 
 
 def _model(name="transformer_tiny", seed=0, **kw):

@@ -92,6 +92,13 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def _as_array(weights) -> np.ndarray:
+    """A float array of attention weights given as a tensor (any device) or an array."""
+    return np.asarray(
+        weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float
+    )
+
+
 def plot_alignment(
     source_tokens: Sequence[str],
     target_tokens: Sequence[str],
@@ -107,7 +114,7 @@ def plot_alignment(
         weights: α, [T, N] (tensor or array); row t is where output t looked.
         path: where to write the PNG.
     """
-    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    w = _as_array(weights)
     if w.shape != (len(target_tokens), len(source_tokens)):
         raise InvalidInputError(
             f"weights must be [target, source] = {(len(target_tokens), len(source_tokens))}; "
@@ -139,7 +146,7 @@ def plot_alignment_grid(
 
     Each panel is :func:`plot_alignment`'s heatmap in small; tokens label the outer axes only.
     """
-    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    w = _as_array(weights)
     if w.ndim != 4 or w.shape[2:] != (len(target_tokens), len(source_tokens)):
         raise InvalidInputError(
             f"weights must be [layers, heads, target, source] with target, source = "

@@ -304,6 +304,24 @@ def _check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
         )
 
 
+def check_source(src: Tensor, src_lengths: Tensor, vocab_size: int) -> None:
+    """A padded source batch any encoder accepts: ids [B>=1, S] in the vocabulary, lengths [B]
+    between 1 and S."""
+    if src.dim() != 2 or src_lengths.shape != src.shape[:1]:
+        raise InvalidInputError(
+            f"src must be [B, S] ids with src_lengths [B]; got {tuple(src.shape)} and "
+            f"{tuple(src_lengths.shape)}"
+        )
+    if src.shape[0] == 0:
+        raise InvalidInputError("src is an empty batch: give at least one source sentence")
+    if int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]:
+        raise InvalidInputError(
+            f"src_lengths must be between 1 and the padded length {src.shape[1]}; got "
+            f"{src_lengths.tolist()[:8]} (every source sentence needs at least one token)"
+        )
+    _check_ids(src, vocab_size, "src")
+
+
 class Seq2Seq(nn.Module):
     """Encoder + decoder (plain or attention), trained with teacher forcing.
 
@@ -330,19 +348,7 @@ class Seq2Seq(nn.Module):
         """Memory for decoding: ``states`` [B, S, Eo], ``mask`` [B, S] (True at real tokens),
         ``final`` [B, L, Eo], ``context`` [B, Eo] (top layer's final state), and what the decoder
         precomputes (``keys``, ``keys_proj``)."""
-        if src.dim() != 2 or src_lengths.shape != src.shape[:1]:
-            raise InvalidInputError(
-                f"src must be [B, S] ids with src_lengths [B]; got {tuple(src.shape)} and "
-                f"{tuple(src_lengths.shape)}"
-            )
-        if src.shape[0] == 0:
-            raise InvalidInputError("src is an empty batch: give at least one source sentence")
-        if int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]:
-            raise InvalidInputError(
-                f"src_lengths must be between 1 and the padded length {src.shape[1]}; got "
-                f"{src_lengths.tolist()[:8]} (every source sentence needs at least one token)"
-            )
-        _check_ids(src, self.config.src_vocab_size, "src")
+        check_source(src, src_lengths, self.config.src_vocab_size)
         states, final, final_c = self.encoder(src, src_lengths)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths[:, None]
         memory = {"states": states, "mask": mask, "final": final, "context": final[:, -1]}

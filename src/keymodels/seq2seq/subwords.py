@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, reject_unknown_fields
-from .vocab import SPECIALS, UNK
+from .vocab import SPECIALS, UNK, content_ids
 
 SUBWORD_MODELS = ("bpe", "unigram")
 MARK = "▁"  # U+2581, starts every word's first piece
@@ -144,12 +144,7 @@ class SubwordVocabulary:
         """Words of piece ``ids``, stopping at ``<eos>`` and dropping ``<pad>``/``<bos>`` when
         ``strip``; a piece without the word mark continues the word before it."""
         text = ""
-        for i in ids:
-            i = int(i)
-            if strip and i == self.eos_id:
-                break
-            if strip and i in (self.pad_id, self.bos_id):
-                continue
+        for i in content_ids(ids, strip):
             piece = self.itos[i] if 0 <= i < len(self.itos) else UNK
             # <unk> stands for characters inside a word; the other specials are words of their own
             text += MARK + piece if piece in SPECIALS and piece != UNK else piece

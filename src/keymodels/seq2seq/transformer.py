@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from ..errors import InvalidInputError, reject_unknown_fields, unknown_name
 from ..registry import register_model
-from .model import State, _check_ids
+from .model import State, _check_ids, check_source
 
 NORMS = ("pre", "post")
 POSITIONS = ("sinusoidal", "learned")
@@ -254,17 +254,7 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> State:
         """Memory for decoding: ``states`` [B, S, D] (h_1..h_N), ``mask`` [B, S] (True at real
         tokens) and, per decoder layer i, its cross-attention keys/values ``k{i}``/``v{i}``."""
-        if src.dim() != 2 or src_lengths.shape != src.shape[:1] or src.shape[0] == 0:
-            raise InvalidInputError(
-                f"src must be [B>=1, S] ids with src_lengths [B]; got {tuple(src.shape)} and "
-                f"{tuple(src_lengths.shape)}"
-            )
-        if int(src_lengths.min()) < 1 or int(src_lengths.max()) > src.shape[1]:
-            raise InvalidInputError(
-                f"src_lengths must be between 1 and the padded length {src.shape[1]}; got "
-                f"{src_lengths.tolist()[:8]} (every source sentence needs at least one token)"
-            )
-        _check_ids(src, self.config.src_vocab_size, "src")
+        check_source(src, src_lengths, self.config.src_vocab_size)
         B, S = src.shape
         positions = torch.arange(S, device=src.device).expand(B, S)
         mask = positions < src_lengths[:, None]

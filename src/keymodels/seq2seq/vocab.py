@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,17 @@ def detokenize(tokens: Sequence[str]) -> str:
         )
         out += tok if glue else " " + tok
     return out
+
+
+def content_ids(ids: Iterable[int], strip: bool = True) -> Iterator[int]:
+    """``ids`` as ints, up to ``<eos>`` and without ``<pad>``/``<bos>`` when ``strip`` (the specials'
+    ids are the same in every vocabulary, word or subword)."""
+    for i in ids:
+        i = int(i)
+        if strip and i == Vocabulary.eos_id:
+            return
+        if not (strip and i in (Vocabulary.pad_id, Vocabulary.bos_id)):
+            yield i
 
 
 class Vocabulary:
@@ -116,15 +127,7 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int], strip: bool = True) -> list[str]:
         """Tokens of ``ids``, stopping at ``<eos>`` and dropping ``<pad>``/``<bos>`` when ``strip``."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if strip and i == self.eos_id:
-                break
-            if strip and i in (self.pad_id, self.bos_id):
-                continue
-            out.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
-        return out
+        return [self.itos[i] if 0 <= i < len(self.itos) else UNK for i in content_ids(ids, strip)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": self.itos, "lowercase": self.lowercase}
