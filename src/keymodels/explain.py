@@ -289,7 +289,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+def token_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
     """The token grid of ``images`` as the model's own stem makes it (CCT's is img / 2ⁿ)."""
     return model.patch_embed.dynamic_grid(tuple(images.shape[-2:]))
 
@@ -379,7 +379,7 @@ def grad_rollout(
         query = readout.detach().float()
     else:
         query = readout_query(B, N, model.num_prefix_tokens, model.global_pool, fused[0])
-    maps = to_grid(accumulate(fused, query), model.num_prefix_tokens, _grid(model, images))
+    maps = to_grid(accumulate(fused, query), model.num_prefix_tokens, token_grid(model, images))
     return Explanation(maps, logits.detach(), "grad-rollout", index)
 
 
@@ -422,13 +422,9 @@ def explain(
     _check_has_attention(model)
     if method == "grad-rollout":
         return grad_rollout(model, images, class_index, precision)
-    grid = _grid(model, images)
-    with _eval_mode(model), torch.no_grad():
-        with autocast(precision, images.device):
-            logits, attentions, readout = _attend(model, images)
-        # Rollout multiplies L matrices: in fp32, whatever precision the weights came in.
-        logits, attentions = logits.float(), [a.float() for a in attentions]
-        query = None if readout is None else readout.float()
+    grid = token_grid(model, images)
+    logits, attentions, query = attend(model, images, precision)
+    with torch.no_grad():
         prefix, pool = model.num_prefix_tokens, model.global_pool
         if method == "rollout":
             maps = rollout(attentions, grid, prefix, pool, head_fusion, discard, query)
@@ -436,6 +432,26 @@ def explain(
             raw = head_maps(attentions, grid, layer, head, prefix, pool, query).mean(dim=1)
             maps = raw / raw.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return Explanation(maps, logits, method)
+
+
+def attend(
+    model: nn.Module, images: Tensor, precision: str = "fp32"
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """One forward pass in eval mode: logits [B, K], every block's weights [B, H, N, N] and the
+    row the head reads [B, N] (:func:`readout_query`, or the model's pooling weights), all fp32.
+
+    What :func:`explain` computes its maps from; a server runs it once for a batch of requests and
+    reads every map (rollout, each layer and head, a patch's row) from its result.
+    """
+    _check_has_attention(model)
+    with _eval_mode(model), torch.no_grad(), autocast(precision, images.device):
+        logits, attentions, readout = _attend(model, images)
+    # Rollout multiplies L matrices: in fp32, whatever precision the weights came in.
+    logits, attentions = logits.float(), [a.float() for a in attentions]
+    if readout is None:
+        B, _, N, _ = attentions[0].shape
+        readout = readout_query(B, N, model.num_prefix_tokens, model.global_pool, attentions[0])
+    return logits, attentions, readout.float()
 
 
 # -- pictures ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..errors import InvalidInputError, KeymodelsError
 from ..runguard import TrainingInterrupted
 
 # One module per command (or group of commands); each adds its sub-parsers.
-COMMAND_MODULES = ["models", "demo", "convert", "train", "explain", "seq2seq"]
+COMMAND_MODULES = ["models", "demo", "convert", "train", "explain", "seq2seq", "serve"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ from .datasets import (
     stratified_split,
     subset,
 )
-from .images import MAX_PIXELS, ImageDecodeError, load_image, to_mode
+from .images import MAX_PIXELS, ImageDecodeError, decode_image, load_image, to_mode
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
 from .transforms import (
     Augment,
@@ -42,6 +42,7 @@ __all__ = [
     "Recipe",
     "batch_mix",
     "collate_skip",
+    "decode_image",
     "eval_transform",
     "get_recipe",
     "list_recipes",

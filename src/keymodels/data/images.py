@@ -6,6 +6,7 @@ CMYK, palette, 16-bit and alpha images are converted the same way in training an
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -49,14 +50,42 @@ def load_image(
         )
     if not path.is_file():
         raise ImageDecodeError(f"no image file at {path}")
+    return _decode(path, str(path), mode, max_pixels, background)
+
+
+def decode_image(
+    data: bytes,
+    name: str = "the upload",
+    mode: str = "RGB",
+    max_pixels: int = MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """:func:`load_image` for an image held in memory (an upload); ``name`` is for messages.
+
+    Raises:
+        ImageDecodeError: naming ``name``, if the bytes are empty, not an image, truncated or over
+            ``max_pixels``.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes); send an image file")
+    return _decode(io.BytesIO(data), name, mode, max_pixels, background)
+
+
+def _decode(
+    source: Path | io.BytesIO,
+    name: str,
+    mode: str,
+    max_pixels: int,
+    background: tuple[int, int, int],
+) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(
-                        f"{path}: {w}×{h} = {w * h:,} pixels is over the pixel cap of {max_pixels:,} "
+                        f"{name}: {w}×{h} = {w * h:,} pixels is over the pixel cap of {max_pixels:,} "
                         "(a decompression bomb, or an image far too large to train on); "
                         "resize it or raise max_pixels"
                     )
@@ -67,12 +96,17 @@ def load_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own check, in Image.open, for sizes beyond its limits.
         raise ImageDecodeError(
-            f"{path}: over the pixel cap ({e}); a decompression bomb, or an image far too large "
+            f"{name}: over the pixel cap ({e}); a decompression bomb, or an image far too large "
             "to train on; resize it"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
         raise ImageDecodeError(
-            f"{path}: cannot decode image ({type(e).__name__}: {e}); the file is corrupt, "
+            f"{name}: cannot decode image: it is in no image format Pillow reads (not an image?); "
+            "send a PNG, JPEG or another image file"
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(
+            f"{name}: cannot decode image ({type(e).__name__}: {e}); the file is corrupt, "
             "truncated or not an image"
         ) from e
 
