@@ -202,6 +202,9 @@ def test_auto_inference_choice_is_cached_between_processes(monkeypatch):
 
 
 def test_fast_path_agrees_and_keeps_the_model_intact():
+    # Seeded: a random model has near-tied logits, and with an unseeded body 1 in 64 inputs
+    # sometimes flips in bf16 (98.4% agreement), which is the model's doing, not the fast path's.
+    torch.manual_seed(0)
     model = _with_random_head(create_model("vit_digits_patch2_8"))
     x = torch.randn(64, 1, 8, 8)
     fast = optimize(model, "bf16", "off", x)

@@ -144,7 +144,7 @@ def run_folder(path: str | Path) -> Path:
 
 
 def _grid_list(maps: Tensor) -> list:
-    """A map (or stack of maps) as nested lists, 6 significant digits: the JSON stays small."""
+    """A map (or stack of maps) as nested lists rounded to 6 decimals: the JSON stays small."""
     return np.round(maps.detach().float().cpu().numpy().astype(np.float64), 6).tolist()
 
 
