@@ -351,6 +351,8 @@ BAD_TRANSLATIONS = [
     ({"text": "1 2", "beam": 0}, 422, "beam: Input should be greater than or equal to 1"),
     ({"text": "1 2", "beam": 2, "n_best": 3}, 400, "n_best must be 1..beam (2)"),
     ({"text": "1 2", "too_long": "drop"}, 422, "too_long"),
+    ({"text": "1 2", "alpha": 1000}, 422, "alpha: Input should be less than or equal to 5"),
+    ({"text": "1 2", "alpha": -1}, 422, "alpha: Input should be greater than or equal to 0"),
     ({"beam": 2}, 422, "text: Field required"),
     ({"text": 5}, 422, "text: Input should be a valid string"),
 ]
@@ -385,14 +387,50 @@ def test_malformed_json_and_wrong_run_kind(client):
 
 
 def test_decompression_bomb_at_the_default_pixel_cap(runs):
-    from keymodels.data import MAX_PIXELS
+    from keymodels.serve.service import SERVE_MAX_PIXELS
 
-    app = create_app({"vit": create_app([runs["vit"]]).state.services["vit"]})
+    app = create_app([runs["vit"]], precision="fp32")  # the server's default caps
     bomb = io.BytesIO()
-    Image.new("L", (10_000, 9_000)).save(bomb, format="PNG")  # 90 Mpx in ~90 kB
-    assert 90_000_000 > MAX_PIXELS and len(bomb.getvalue()) < 1_000_000
+    Image.new("L", (5_000, 4_000)).save(bomb, format="PNG")  # 20 Mpx in ~20 kB
+    assert 20_000_000 > SERVE_MAX_PIXELS and len(bomb.getvalue()) < 100_000
     r = TestClient(app).post("/api/runs/vit/predict", files=upload(bomb.getvalue(), "bomb.png"))
-    assert_json_error(r, 400, "bomb.png", "pixel cap")
+    assert_json_error(r, 400, "bomb.png", "pixel cap of 16,000,000")
+
+
+def test_a_model_with_too_many_waiting_requests_answers_503(runs):
+    from keymodels.serve.service import Batcher
+
+    app = create_app([runs["vit"]], precision="fp32")
+    service = app.state.services["vit"]
+    gate = threading.Event()
+    service.batcher.close()
+    service.batcher = Batcher(lambda key, jobs: gate.wait() and [{} for _ in jobs], 1, max_queue=2)
+    client = TestClient(app)
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(client.post, "/api/runs/vit/predict", files=upload(digit()))]
+        deadline = time.monotonic() + 20
+        while not service.batcher._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker took the first one and waits at the gate
+        held += [
+            pool.submit(client.post, "/api/runs/vit/predict", files=upload(digit()))
+            for _ in range(2)
+        ]
+        while service.batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = client.post("/api/runs/vit/predict", files=upload(digit()))
+        assert_json_error(busy, 503, "requests are waiting for this model (the limit is 2)")
+        gate.set()
+        [f.result(20) for f in held]
+
+
+def test_a_sample_removed_after_start_is_a_404(runs, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(runs["vit"], tmp_path / "vit")
+    client = TestClient(create_app([folder], precision="fp32"))
+    (folder / "samples" / "digit.png").unlink()
+    r = client.post("/api/runs/vit/predict", data={"sample": "digit.png"})
+    assert_json_error(r, 404, "sample 'digit.png' cannot be read")
 
 
 def test_an_internal_error_is_a_json_500_without_traceback(app, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def serve_command(out: Path) -> str:
     """The command that serves the demo's runs in the browser (the venv's keymodels if run from it)."""
     exe = Path(sys.executable).parent / "keymodels"
     program = os.path.relpath(exe) if exe.is_file() else "keymodels"
-    return " ".join([program, "serve", *(str(out / run) for run in SERVED)])
+    return shlex.join([program, "serve", *(str(out / run) for run in SERVED)])
 
 
 def run(args: argparse.Namespace) -> int:

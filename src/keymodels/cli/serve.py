@@ -9,6 +9,7 @@ import argparse
 import logging
 
 from ..errors import InvalidInputError
+from ..serve.service import SERVE_MAX_PIXELS
 from . import add_precision_argument, positive_int
 
 log = logging.getLogger("keymodels.serve")
@@ -18,6 +19,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import python_multipart  # noqa: F401  (FastAPI needs it for uploads, and says so late)
         import uvicorn
 
         from ..serve.app import create_app
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         args.runs,
         precision=args.precision,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
         max_batch=args.max_batch,
     )
     if args.host not in LOCAL_HOSTS:
@@ -74,6 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=_megabytes,
         default=10.0,
         help="largest request body (an uploaded image) in MB (default 10)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=SERVE_MAX_PIXELS,
+        help=f"largest image in pixels, read from its header before decoding (default "
+        f"{SERVE_MAX_PIXELS:,}: a 4000×4000 photo)",
     )
     p.add_argument(
         "--max-batch",

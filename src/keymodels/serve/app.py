@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,9 +20,18 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..data import MAX_PIXELS
 from ..errors import InvalidInputError, KeymodelsError
-from .service import MAX_BEAM, ImageRun, NotFoundError, Service, TranslationRun, load_services
+from .service import (
+    MAX_ALPHA,
+    MAX_BEAM,
+    SERVE_MAX_PIXELS,
+    ImageRun,
+    NotFoundError,
+    ServerBusyError,
+    Service,
+    TranslationRun,
+    load_services,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +99,7 @@ class TranslateRequest(BaseModel):
     text: str
     beam: int = Field(5, ge=1, le=MAX_BEAM)
     n_best: int = Field(1, ge=1, le=MAX_BEAM)
-    alpha: float = 0.6
+    alpha: float = Field(0.6, ge=0.0, le=MAX_ALPHA)
     too_long: Literal["error", "truncate"] = "error"
 
 
@@ -108,7 +117,7 @@ def create_app(
     runs: Sequence[str | Path] | dict[str, Service],
     precision: str = "auto",
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int = SERVE_MAX_PIXELS,
     max_batch: int = 16,
 ) -> FastAPI:
     """The FastAPI app serving ``runs`` (run folders, each loaded once here, or loaded services).
@@ -117,12 +126,19 @@ def create_app(
         CheckpointError, InvalidInputError: a folder that is not a trained run (see
             :func:`~keymodels.serve.service.load_services`).
     """
-    services = (
-        runs if isinstance(runs, dict) else load_services(runs, precision, max_pixels, max_batch)
-    )
+    owned = not isinstance(runs, dict)
+    services = load_services(runs, precision, max_pixels, max_batch) if owned else runs
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:  # the models this app loaded: stop their worker threads with the server
+            for found in services.values():
+                found.batcher.close()
+
     # Swagger's /docs page loads its scripts from a CDN, which an offline machine cannot reach;
     # the API is documented in docs/serve.md and described by /openapi.json.
-    app = FastAPI(title="keymodels serve", docs_url=None, redoc_url=None)
+    app = FastAPI(title="keymodels serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = services
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
 
@@ -223,6 +239,10 @@ def create_app(
     @app.exception_handler(NotFoundError)
     def not_found(_: Request, e: NotFoundError) -> JSONResponse:
         return _error(404, str(e))
+
+    @app.exception_handler(ServerBusyError)
+    def busy(_: Request, e: ServerBusyError) -> JSONResponse:
+        return _error(503, str(e))
 
     @app.exception_handler(KeymodelsError)
     def bad_input(_: Request, e: KeymodelsError) -> JSONResponse:

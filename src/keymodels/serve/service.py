@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data import MAX_PIXELS, decode_image, preprocess_images
+from ..data import decode_image, preprocess_images
 from ..errors import InvalidInputError, KeymodelsError
 from ..explain import attend, grad_rollout, head_maps, rollout, token_grid
 from ..runs import LoadedRun, check_finite_outputs, load
@@ -40,13 +40,25 @@ from ..seq2seq.vocab import detokenize
 log = logging.getLogger(__name__)
 
 IMAGE_METHODS = ("rollout", "heads", "grad-rollout", "patch")
+# A server's pixel cap: the models read 8-224 px, and one 89-Mpx PNG (training's cap) of a few
+# hundred kB decodes to 1.5 GB; 16 Mpx is a 4000×4000 photo.
+SERVE_MAX_PIXELS = 16_000_000
+# Uploads decode on the request threads (up to 40): at most this many at once, so that a burst
+# of large images cannot hold 40 decoded copies in memory together.
+_DECODING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+MAX_QUEUE = 256  # requests waiting for one model; more are refused (503) rather than stall all
 MAX_TEXT_CHARS = 2000  # a sentence, not a book: longer text is refused before tokenizing
 MAX_BEAM = 16
 MAX_TOP_K = 100
+MAX_ALPHA = 5.0  # the length penalty's exponent: ((5 + n) / 6) ** α overflows far beyond this
 
 
 class NotFoundError(KeymodelsError):
     """A run, sample or page that the server does not have (HTTP 404)."""
+
+
+class ServerBusyError(KeymodelsError):
+    """Too many requests wait for one model (HTTP 503): try again shortly."""
 
 
 class Batcher:
@@ -63,16 +75,22 @@ class Batcher:
         handle: Callable[[Hashable, list[Any]], list[Any]],
         max_batch: int = 16,
         name: str = "model",
+        max_queue: int = MAX_QUEUE,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError(f"max_batch must be at least 1; got {max_batch}")
-        self.handle, self.max_batch = handle, max_batch
+        self.handle, self.max_batch, self.max_queue = handle, max_batch, max_queue
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # for the load benchmark's report
         self._queue: queue.Queue[tuple[Hashable, Any, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"serve-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, key: Hashable, payload: Any) -> Future:
+        if self._queue.qsize() >= self.max_queue:
+            raise ServerBusyError(
+                f"{self._queue.qsize()} requests are waiting for this model (the limit is "
+                f"{self.max_queue}); try again in a moment"
+            )
         future: Future = Future()
         self._queue.put((key, payload, future))
         return future
@@ -107,6 +125,8 @@ class Batcher:
         self.batch_sizes.append(len(group))
         try:
             results = self.handle(key, [payload for payload, _ in group])
+            if len(results) != len(group):  # a handler bug must not leave requests waiting
+                raise RuntimeError(f"{len(results)} results for {len(group)} requests")
         except Exception as e:  # handed to the waiting requests, which report it
             for _, future in group:
                 future.set_exception(e)
@@ -186,7 +206,7 @@ class ImageRun:
         name: str,
         loaded: tuple[torch.nn.Module, dict[str, Any]],
         precision: str = "auto",
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int = SERVE_MAX_PIXELS,
         max_batch: int = 16,
     ) -> None:
         self.folder, self.name, self.max_pixels = run_folder(folder), name, max_pixels
@@ -261,7 +281,10 @@ class ImageRun:
                 f"run {self.name!r} has no sample {name!r}; its samples: "
                 f"{', '.join(sorted(self.samples)) or 'none'}"
             )
-        return self.samples[name].read_bytes()
+        try:
+            return self.samples[name].read_bytes()
+        except OSError as e:  # removed or unreadable since the server started
+            raise NotFoundError(f"run {self.name!r}: sample {name!r} cannot be read ({e})") from e
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -274,10 +297,11 @@ class ImageRun:
         if data is None:
             data = self.sample_bytes(sample)
         mode = "L" if self.info["in_chans"] == 1 else "RGB"
-        image = decode_image(
-            data, f"upload {filename!r}" if filename else "the upload", mode, self.max_pixels
-        )
-        return preprocess_images([image], self.info)
+        with _DECODING:
+            image = decode_image(
+                data, f"upload {filename!r}" if filename else "the upload", mode, self.max_pixels
+            )
+            return preprocess_images([image], self.info)
 
     def picture(self, x: Tensor) -> str:
         """The input as the model sees it (resized, cropped), as a PNG data URL."""
@@ -511,8 +535,10 @@ class TranslationRun:
             raise InvalidInputError(f"beam must be 1..{MAX_BEAM}; got {beam}")
         if not 1 <= n_best <= beam:
             raise InvalidInputError(f"n_best must be 1..beam ({beam}); got {n_best}")
-        if not math.isfinite(alpha):
-            raise InvalidInputError(f"alpha must be a finite number (e.g. 0.6); got {alpha}")
+        if not (math.isfinite(alpha) and 0.0 <= alpha <= MAX_ALPHA):
+            raise InvalidInputError(
+                f"alpha, the length penalty's exponent, must be 0..{MAX_ALPHA:g} (e.g. 0.6); got {alpha}"
+            )
         model = self.run.model
         limit = f"its position table holds {model.max_positions}" if self.is_transformer else ""
         # Checked here, on the request's thread, so that one bad sentence fails alone.
@@ -588,7 +614,7 @@ def run_names(folders: Sequence[str | Path]) -> list[str]:
 def load_services(
     folders: Sequence[str | Path],
     precision: str = "auto",
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int = SERVE_MAX_PIXELS,
     max_batch: int = 16,
 ) -> dict[str, Service]:
     """Load every run once: ``{name: ImageRun | TranslationRun}``.
@@ -613,9 +639,11 @@ def load_services(
 __all__ = [
     "IMAGE_METHODS",
     "MAX_TEXT_CHARS",
+    "SERVE_MAX_PIXELS",
     "Batcher",
     "ImageRun",
     "NotFoundError",
+    "ServerBusyError",
     "TranslationRun",
     "load_services",
     "read_curves",
