@@ -276,14 +276,16 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(app, client):
             def post():
                 return pool.submit(client.post, "/api/runs/vit/predict", files=upload(digit()))
 
-            futures = [post()]
-            assert entered.wait(20)  # the worker holds the first request
-            futures += [post() for _ in range(5)]
-            deadline = time.monotonic() + 20
-            while service.batcher._queue.qsize() < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            gate.set()
-            answers = [f.result().json() for f in futures]
+            try:
+                futures = [post()]
+                assert entered.wait(20)  # the worker holds the first request
+                futures += [post() for _ in range(5)]
+                deadline = time.monotonic() + 20
+                while service.batcher._queue.qsize() < 5 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            finally:
+                gate.set()  # never leave the pool's threads waiting, even when an assert failed
+            answers = [f.result(20).json() for f in futures]
     finally:
         service.batcher.handle = handle
     sizes = list(service.batcher.batch_sizes)[sizes_before:]
@@ -402,25 +404,32 @@ def test_a_model_with_too_many_waiting_requests_answers_503(runs):
 
     app = create_app([runs["vit"]], precision="fp32")
     service = app.state.services["vit"]
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(key, jobs):
+        entered.set()
+        gate.wait()
+        return [{} for _ in jobs]
+
     service.batcher.close()
-    service.batcher = Batcher(lambda key, jobs: gate.wait() and [{} for _ in jobs], 1, max_queue=2)
+    service.batcher = Batcher(held, max_batch=1, max_queue=2)
     client = TestClient(app)
+
+    def post():
+        return client.post("/api/runs/vit/predict", files=upload(digit()))
+
     with ThreadPoolExecutor(3) as pool:
-        held = [pool.submit(client.post, "/api/runs/vit/predict", files=upload(digit()))]
-        deadline = time.monotonic() + 20
-        while not service.batcher._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the worker took the first one and waits at the gate
-        held += [
-            pool.submit(client.post, "/api/runs/vit/predict", files=upload(digit()))
-            for _ in range(2)
-        ]
-        while service.batcher._queue.qsize() < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        busy = client.post("/api/runs/vit/predict", files=upload(digit()))
-        assert_json_error(busy, 503, "requests are waiting for this model (the limit is 2)")
-        gate.set()
-        [f.result(20) for f in held]
+        try:
+            waiting = [pool.submit(post)]
+            assert entered.wait(20)  # the worker holds the first request; the queue is empty
+            waiting += [pool.submit(post) for _ in range(2)]
+            deadline = time.monotonic() + 20
+            while service.batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert_json_error(post(), 503, "requests are waiting for this model (the limit is 2)")
+        finally:
+            gate.set()  # never leave the pool's threads waiting, even when an assert failed
+        assert [f.result(20).status_code for f in waiting] == [200, 200, 200]
 
 
 def test_a_sample_removed_after_start_is_a_404(runs, tmp_path):
