@@ -25,7 +25,7 @@ from keymodels.explain import attend, explain, head_maps
 from keymodels.runs import load_run, load_seq2seq
 from keymodels.seq2seq.translate import translate
 from keymodels.serve.app import create_app, running
-from keymodels.serve.service import Batcher, run_names
+from keymodels.serve.service import Batcher, ServerBusyError, run_names
 from test_cli_explain import write_run
 from test_seq2seq_cli import TINY
 
@@ -256,6 +256,8 @@ def test_batcher_runs_waiting_jobs_together_and_fails_only_the_bad_group():
         waiting[3].result(5)
     assert calls == [("a", [0]), ("a", [1, 2, 3, 4]), ("bad", [9])]
     batcher.close()
+    with pytest.raises(ServerBusyError, match="worker has stopped"):
+        batcher.submit("a", 5)
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(app, client):

@@ -86,6 +86,8 @@ class Batcher:
         self._thread.start()
 
     def submit(self, key: Hashable, payload: Any) -> Future:
+        if not self._thread.is_alive():  # closed: nothing would ever answer
+            raise ServerBusyError("this model's worker has stopped (the server is shutting down)")
         if self._queue.qsize() >= self.max_queue:
             raise ServerBusyError(
                 f"{self._queue.qsize()} requests are waiting for this model (the limit is "
