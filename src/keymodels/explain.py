@@ -254,14 +254,14 @@ def head_maps(
         maps [B, len(heads), gh, gw]: the weights on the patches, as they are (not re-normalised;
         what is missing from 1 went to the class token).
     """
-    layer = _check_index("layer", layer, len(attentions), "blocks")
+    layer = check_index("layer", layer, len(attentions), "blocks")
     w = attentions[layer]
     B, H, N, _ = w.shape
     if heads is None:
         heads = list(range(H))
     elif isinstance(heads, int):
         heads = [heads]
-    heads = [_check_index("head", h, H, "heads in each block") for h in heads]
+    heads = [check_index("head", h, H, "heads in each block") for h in heads]
     if query is None:
         query = readout_query(B, N, num_prefix_tokens, global_pool, w)  # [B, N]
     rows = torch.einsum("bn,bhnm->bhm", query, w[:, heads])  # [B, h, N]
@@ -269,7 +269,7 @@ def head_maps(
     return rows[..., num_prefix_tokens:].reshape(B, len(heads), gh, gw)
 
 
-def _check_index(name: str, index: int, size: int, what: str) -> int:
+def check_index(name: str, index: int, size: int, what: str) -> int:
     if not -size <= index < size:
         raise InvalidInputError(
             f"{name} {index} is out of range: the model has {size} {what} "

@@ -7,7 +7,6 @@ JSON-ready dicts, so that the web app (``app.py``) stays a thin layer and tests 
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import logging
 import math
@@ -28,7 +27,8 @@ from torch import Tensor
 
 from ..data import decode_image, preprocess_images
 from ..errors import InvalidInputError, KeymodelsError
-from ..explain import attend, grad_rollout, head_maps, rollout, token_grid
+from ..explain import attend, check_index, grad_rollout, head_maps, rollout, token_grid
+from ..metrics import read_metrics
 from ..runs import LoadedRun, check_finite_outputs, load
 from ..runtime import check_precision, optimize
 from ..seq2seq.data import pad_batch
@@ -138,25 +138,17 @@ class Batcher:
 
 
 def read_curves(folder: Path) -> dict[str, Any]:
-    """``metrics.csv`` as ``{"columns": [...], "rows": [[...], ...]}``; numbers where they parse."""
-    path = folder / "metrics.csv"
-    if not path.is_file():
-        return {"columns": [], "rows": []}
-    with path.open(newline="") as f:
-        table = list(csv.reader(f))
-    if not table:
-        return {"columns": [], "rows": []}
-    return {"columns": table[0], "rows": [[_number(v) for v in row] for row in table[1:]]}
+    """``metrics.csv`` as ``{"columns": [...], "rows": [[...], ...]}`` for JSON: blanks and
+    non-finite numbers (which JSON cannot hold) become None."""
+    rows = read_metrics(folder / "metrics.csv")
+    columns = list(rows[0]) if rows else []
+    return {"columns": columns, "rows": [[_json_value(row[c]) for c in columns] for row in rows]}
 
 
-def _number(value: str) -> float | str | None:
-    if value == "":
+def _json_value(value: Any) -> Any:
+    if value == "" or (isinstance(value, float) and not math.isfinite(value)):
         return None
-    try:
-        x = float(value)
-    except ValueError:
-        return value
-    return x if math.isfinite(x) else None
+    return value
 
 
 def run_folder(path: str | Path) -> Path:
@@ -175,15 +167,8 @@ def _parameters(model: torch.nn.Module) -> int:
 
 
 def _index(name: str, value: int | None, size: int, what: str) -> int | None:
-    """``value`` in range (negative from the end) or None; the error names the valid range."""
-    if value is None:
-        return None
-    if not -size <= value < size:
-        raise InvalidInputError(
-            f"{name} {value} is out of range: the model has {size} {what} "
-            f"(valid: 0..{size - 1}, or -{size}..-1 from the end)"
-        )
-    return value % size
+    """``value`` in range (negative from the end) or None (not given)."""
+    return None if value is None else check_index(name, value, size, what)
 
 
 @dataclass
