@@ -1,8 +1,9 @@
 """Training steps in fp32 against bf16 autocast, in one process, and what ``precision="auto"`` picks.
 
 Each model takes full training steps (forward, loss, backward, clip, Adam) on real batches, the
-two precisions taking turns within each round; the table gives steps/s of each, the ratio, and
-the choice of ``keymodels.runtime.choose_training_precision`` for the same model and batch.
+two precisions taking turns within each round; the table gives steps/s of each (the usual
+contiguous layout), the ratio, and the choice of ``keymodels.runtime.choose_training_precision``
+for the same model and batch (with the channels-last layout it times for conv tokenizers).
 
     python benchmarks/bench_precision_train.py                  # Multi30k attention RNN, ViT recipes
     python benchmarks/bench_precision_train.py --quick          # fewer steps
@@ -86,8 +87,10 @@ def main() -> None:
     rounds, steps = (1, 3) if args.quick else (args.rounds, args.steps)
     jobs = {
         "Multi30k bi-GRU+Luong, batch 128": lambda: multi30k_job(128),
-        "vit_fmnist_patch4_28 (recipe), batch 128": lambda: vit_job("vit_fmnist_patch4_28", 128),
-        "vit_digits_patch2_8 (recipe), batch 128": lambda: vit_job("vit_digits_patch2_8", 128),
+        "cct_4_3x2_28 (fashion-mnist recipe), batch 128": lambda: vit_job("cct_4_3x2_28", 128),
+        "cct_2_3x1_8 (digits recipe), batch 64": lambda: vit_job("cct_2_3x1_8", 64),
+        "vit_fmnist_patch4_28 (plain ViT), batch 128": lambda: vit_job("vit_fmnist_patch4_28", 128),
+        "vit_digits_patch2_8 (plain ViT), batch 128": lambda: vit_job("vit_digits_patch2_8", 128),
         "vit_small_patch16_224, 10 classes, batch 32": lambda: vit_job(
             "vit_small_patch16_224", 32, num_classes=10
         ),
@@ -95,7 +98,7 @@ def main() -> None:
     jobs = {k: v for k, v in jobs.items() if not args.only or args.only in k}
     print(f"# {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
-    print(f"{'job':<44} {'fp32 steps/s':>12} {'bf16 steps/s':>12} {'bf16/fp32':>9} {'auto':>5}")
+    print(f"{'job':<50} {'fp32 steps/s':>12} {'bf16 steps/s':>12} {'bf16/fp32':>9} {'auto':>5}")
     for job, build in jobs.items():
         torch.manual_seed(0)
         model, loss_fn = build()
@@ -109,8 +112,9 @@ def main() -> None:
         ratio = statistics.median(b / f for b, f in zip(rates["bf16"], rates["fp32"]))
         choice = choose_training_precision("auto", model, lambda f=loss_fn: f(0))
         print(
-            f"{job:<44} {statistics.median(rates['fp32']):>12.2f} "
-            f"{statistics.median(rates['bf16']):>12.2f} {ratio:>9.2f} {choice.precision:>5}",
+            f"{job:<50} {statistics.median(rates['fp32']):>12.2f} "
+            f"{statistics.median(rates['bf16']):>12.2f} {ratio:>9.2f} {choice.precision:>5}"
+            f"{' + channels_last' if choice.channels_last else ''}",
             flush=True,
         )
     print(f"# load average {os.getloadavg()[0]:.1f} at end")

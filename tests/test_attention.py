@@ -6,11 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import keymodels.attention as attention_module
 from keymodels.attention import (
+    EXPLICIT_CPU_MAX_PAIRS,
     SCORES,
     Attention,
     MultiHeadAttention,
@@ -523,3 +526,58 @@ def test_lsa_errors():
         mha(torch.randn(1, 1, 16))
     with pytest.raises(ValueError, match="self-attention only"):
         mha(torch.randn(1, 3, 16), context=torch.randn(1, 4, 16))
+
+
+# -- the explicit path for bf16 on the CPU -----------------------------------------------------
+
+
+def _count_fused_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    fused = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def test_bf16_training_on_cpu_skips_the_slow_fused_kernel_for_short_sequences(monkeypatch):
+    # PyTorch's fused CPU kernel is slow in bf16 (its backward above all); short sequences take
+    # the explicit path there, long ones and fp32 keep the fused kernel.
+    calls = _count_fused_calls(monkeypatch)
+    mha = MultiHeadAttention(16, num_heads=2)
+    short = torch.randn(2, 49, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mha(short)
+    assert calls[0] == 0
+    mha(short)  # fp32
+    assert calls[0] == 1
+    side = int(EXPLICIT_CPU_MAX_PAIRS**0.5) + 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mha(torch.randn(1, side, 16))
+    assert calls[0] == 2
+    # inference (forward only) keeps the fused kernel: the backward is where it is slow
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mha(short)
+    assert calls[0] == 3
+
+
+@pytest.mark.parametrize("case", ["self", "padding", "causal", "cross", "lsa"])
+def test_bf16_explicit_path_matches_fp32_fused(case):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, num_heads=4, lsa=case == "lsa")
+    x = torch.randn(3, 20, 32, requires_grad=True)
+    ctx = torch.randn(3, 7, 32) if case == "cross" else None
+    mask = {"padding": torch.arange(20)[None] < torch.tensor([20, 5, 12])[:, None]}.get(case)
+    kwargs = {"mask": mask, "causal": case == "causal"}
+    ref = mha(x, ctx, **kwargs)[0]
+    ref_grad = torch.autograd.grad(ref.square().sum(), x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mha(x, ctx, **kwargs)[0]
+    grad = torch.autograd.grad(out.float().square().sum(), x)[0]
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: agreement to a few parts in a hundred of the output's scale
+    torch.testing.assert_close(out.float(), ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+    torch.testing.assert_close(grad, ref_grad, atol=0.05 * ref_grad.abs().max().item(), rtol=0)

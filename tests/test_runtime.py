@@ -285,3 +285,68 @@ def test_compiled_path_equals_eager(name):
     assert fast.compiled is not None and fast.check.passed
     with torch.inference_mode():
         assert (fast(x) - model(x)).abs().max() < 1e-4
+
+
+def _layout_timings(cl_seconds: float, contiguous_seconds: float = 0.1):
+    """``step_for`` and ``measure`` reporting seconds by the model's current memory format."""
+    model = create_model("cct_4_3x2_28")
+    # a 1-channel conv's weight is contiguous in both layouts: ask one with 64 input channels
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    measured = []
+
+    def measure(step):
+        nhwc = conv.weight.is_contiguous(memory_format=torch.channels_last)
+        measured.append("channels_last" if nhwc else "contiguous")
+        return cl_seconds if nhwc else contiguous_seconds
+
+    return model, (lambda precision: lambda: None), measure, measured
+
+
+@pytest.mark.parametrize(("cl_seconds", "expected"), [(0.05, True), (0.099, False), (0.2, False)])
+def test_channels_last_is_taken_only_when_clearly_faster(cl_seconds, expected):
+    model, step_for, measure, measured = _layout_timings(cl_seconds)
+    start = PrecisionChoice("bf16", "auto", "measured", {"fp32": 0.2, "bf16": 0.1})
+    choice = runtime.choose_channels_last(start, model, step_for, measure=measure)
+    assert choice.channels_last is expected and measured == ["contiguous", "channels_last"]
+    assert choice.timings == {
+        **start.timings,
+        "bf16 contiguous": 0.1,
+        "bf16 channels_last": cl_seconds,
+    }
+    assert choice.summary().split(";")[0].endswith(", channels_last") is expected
+    # the caller converts the model: timing leaves it as it was
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_channels_last_is_not_timed_without_spatial_convolutions():
+    # a ViT's patchify conv has kernel == stride (one matmul): the layout cannot matter much
+    vit = create_model("vit_digits_patch2_8")
+    assert not runtime.has_spatial_convs(vit) and runtime.has_spatial_convs(
+        create_model("resnet10_28")
+    )
+    start = PrecisionChoice("fp32", "fp32", "as requested")
+    never = lambda step: pytest.fail("timed a model without spatial convolutions")  # noqa: E731
+    assert runtime.choose_channels_last(start, vit, lambda p: None, measure=never) == start
+    model, step_for, _, _ = _layout_timings(0.01)
+    assert runtime.choose_channels_last(start, model, step_for, "cuda", measure=never) == start
+
+
+def test_a_resumed_run_keeps_its_layout(monkeypatch):
+    model, _, measure, measured = _layout_timings(0.01)
+    choose = runtime.choose_channels_last
+    monkeypatch.setattr(
+        runtime, "choose_channels_last", lambda *a, **k: choose(*a, **{**k, "measure": measure})
+    )
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(10, (4,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    previous = PrecisionChoice("fp32", "fp32", "as requested", channels_last=False).to_dict()
+    kept = choose_training_precision("fp32", model, loss_fn, previous=previous)
+    assert measured == [] and not kept.channels_last
+    fresh = choose_training_precision("fp32", model, loss_fn)
+    assert measured == ["contiguous", "channels_last"] and fresh.channels_last
+    # precision.json written before this field existed reads as the usual layout
+    old = {k: v for k, v in fresh.to_dict().items() if k != "channels_last"}
+    assert not PrecisionChoice.from_dict(old).channels_last

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import keymodels.checkpoint as checkpoint_module
+import keymodels.runtime as runtime
 import keymodels.seq2seq.train as seq2seq_train_module
 import keymodels.train as train_module
 from keymodels.checkpoint import CheckpointMismatchError, load_checkpoint
@@ -110,11 +111,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {**ckpt.model, **{f"train.{k}": v for k, v in ckpt.state.get("train_model", {}).items()}}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "channels_last"])
 def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     # EMA and label smoothing on, augmentation on: everything that draws random numbers or
     # carries state across epochs must be restored for the weights to match bit for bit.
     recipe = tiny_recipe(epochs=3, ema=0.9, augment={"crop_padding": 1, "random_erasing": 0.5})
+    if precision == "channels_last":  # a conv tokenizer trained in NHWC, as fast CPUs choose
+        monkeypatch.setattr(runtime, "CHANNELS_LAST_MIN_SPEEDUP", 0.0)
+        recipe = tiny_recipe(epochs=3, ema=0.9, model="cct_2_3x1_8", model_overrides={},
+                             augment={"crop_padding": 1, "random_erasing": 0.5})  # fmt: skip
+        precision = "fp32"
     kw = dict(progress=False, deterministic=True, precision=precision)
     train(recipe, tmp_path / "straight", **kw)
 
@@ -145,8 +151,9 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precis
     assert all(row.endswith(f",{precision}") for row in rows[1:])  # recorded every epoch
     chosen = json.loads((tmp_path / "resumed" / "precision.json").read_text())
     assert chosen["precision"] == precision
+    assert chosen["channels_last"] is (recipe.model == "cct_2_3x1_8")
     # And the history does not merely look alike: resuming from epoch 1 again changes nothing.
-    initial = create_model("vit_digits_patch2_8", **TINY).state_dict()
+    initial = create_model(recipe.model, **recipe.model_overrides).state_dict()
     assert not torch.equal(a["train.pos_embed"], initial["pos_embed"])
 
 

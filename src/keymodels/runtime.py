@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 BF16_MIN_SPEEDUP = 1.1  # "auto" takes bf16 only when it is at least this much faster
+CHANNELS_LAST_MIN_SPEEDUP = 1.05  # a clear win over timing noise, or the usual layout stays
 # CPU flags (Linux /proc/cpuinfo) that give bf16 arithmetic its own units: without them torch
 # emulates bf16 through fp32 conversions, which can be far slower than fp32 itself.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -127,10 +128,13 @@ class PrecisionChoice:
     reason: str
     timings: dict[str, float] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False  # the model's weights and inputs in NHWC (measured faster)
 
     def summary(self) -> str:
         """One line for the log: the choice, and the measured times when there are any."""
         text = f"precision {self.precision} ({self.requested}: {self.reason})"
+        if self.channels_last:
+            text += ", channels_last"
         if len(self.timings) > 1:
             times = ", ".join(f"{k} {v * 1e3:.1f} ms/step" for k, v in self.timings.items())
             text += f"; measured {times}"
@@ -270,9 +274,49 @@ def choose_training_precision(
     else:
         with no_trace(model):
             model.train()
-            choice = choose_precision(requested, training_step_for(model, loss_fn, device), device)
+            step_for = training_step_for(model, loss_fn, device)
+            choice = choose_precision(requested, step_for, device)
+            if previous and previous.get("precision") == choice.precision:
+                # the same layout as before, so that an explicit precision resumes exactly too
+                choice.channels_last = bool(previous.get("channels_last", False))
+            else:
+                choice = choose_channels_last(choice, model, step_for, device)
     _announce(choice)
     return choice
+
+
+def has_spatial_convs(model: nn.Module) -> bool:
+    """Whether ``model`` has a 2-d convolution whose windows overlap (kernel > stride): a conv
+    stem or a CNN, where the memory format matters; a ViT's patchify layer is one matmul."""
+    return any(
+        isinstance(m, nn.Conv2d) and any(k > s for k, s in zip(m.kernel_size, m.stride))
+        for m in model.modules()
+    )
+
+
+def choose_channels_last(
+    choice: PrecisionChoice,
+    model: nn.Module,
+    step_for: Callable[[str], Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    measure: Callable[[Callable[[], Any]], float] = time_steps,
+) -> PrecisionChoice:
+    """``choice`` with ``channels_last`` set when a step in ``choice.precision`` measured at
+    least :data:`CHANNELS_LAST_MIN_SPEEDUP` faster with the weights in NHWC (the model is left
+    as it was; the caller converts it). Timed on the CPU for models with spatial convolutions
+    only: oneDNN's convolutions, their backward above all, can run much faster in NHWC."""
+    if torch.device(device).type != "cpu" or not has_spatial_convs(model):
+        return choice
+    step = step_for(choice.precision)
+    timings = {f"{choice.precision} contiguous": measure(step)}
+    model.to(memory_format=torch.channels_last)
+    try:
+        timings[f"{choice.precision} channels_last"] = measure(step)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+    old, new = timings.values()
+    faster = old / max(new, 1e-12) >= CHANNELS_LAST_MIN_SPEEDUP
+    return dataclasses.replace(choice, channels_last=faster, timings={**choice.timings, **timings})
 
 
 def compile_or_eager(model: nn.Module, trial_loss: Callable[[nn.Module], Tensor]) -> nn.Module:

@@ -298,6 +298,7 @@ def train_one_epoch(
     stop: GracefulStop | None = None,
     guard: NonFiniteGuard | None = None,
     teacher: Teacher | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns loss, accuracy, img/s, steps, skipped images and
     ``batches`` (how far it got: all of them unless ``max_steps`` or ``stop`` ended it early).
@@ -330,7 +331,8 @@ def train_one_epoch(
         sums["skipped"] += n_skipped
         if not len(labels):
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
         targets = labels
         if mix is not None:
             images, targets = mix(images, labels)
@@ -631,6 +633,10 @@ def _train(
 
     choice = run.choose_precision(precision, model, timing_loss, dev, dist_info.enabled)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice.precision]
+    memory_format = torch.channels_last if choice.channels_last else torch.contiguous_format
+    for net in (model, ema.module if ema is not None else None, distiller):
+        if net is not None:
+            net.to(memory_format=memory_format)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     if scaler_state:
         scaler.load_state_dict(scaler_state)
@@ -707,6 +713,7 @@ def _train(
                 ema=ema, amp_dtype=amp_dtype, max_steps=remaining,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress and main,
                 partial=partial, stop=run.stop, guard=guard, teacher=distiller,
+                memory_format=memory_format,
             )  # fmt: skip
         except NonFiniteLossError as e:
             raise run.nonfinite(str(e), NONFINITE_HINT) from None
