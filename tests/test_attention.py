@@ -558,14 +558,23 @@ def test_bf16_training_on_cpu_skips_the_slow_fused_kernel_for_short_sequences(mo
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mha(torch.randn(1, side, 16))
     assert calls[0] == 2
+    # so does a batch whose weights would take too much memory to keep for the backward
+    monkeypatch.setattr(attention_module, "EXPLICIT_CPU_MAX_WEIGHTS", 2 * 2 * 49 * 49 - 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mha(short)
+    assert calls[0] == 3
+    monkeypatch.setattr(attention_module, "EXPLICIT_CPU_MAX_WEIGHTS", 2 * 2 * 49 * 49)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mha(short)
+    assert calls[0] == 3
     # inference (forward only) keeps the fused kernel: the backward is where it is slow
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         mha(short)
-    assert calls[0] == 3
+    assert calls[0] == 4
 
 
 @pytest.mark.parametrize("case", ["self", "padding", "causal", "cross", "lsa"])
-def test_bf16_explicit_path_matches_fp32_fused(case):
+def test_bf16_explicit_path_matches_fp32_fused(case, monkeypatch):
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, num_heads=4, lsa=case == "lsa")
     x = torch.randn(3, 20, 32, requires_grad=True)
@@ -574,10 +583,11 @@ def test_bf16_explicit_path_matches_fp32_fused(case):
     kwargs = {"mask": mask, "causal": case == "causal"}
     ref = mha(x, ctx, **kwargs)[0]
     ref_grad = torch.autograd.grad(ref.square().sum(), x)[0]
+    calls = _count_fused_calls(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mha(x, ctx, **kwargs)[0]
     grad = torch.autograd.grad(out.float().square().sum(), x)[0]
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16 and calls[0] == 0  # LSA's fp32 temperature included
     # bf16 keeps 8 bits of mantissa: agreement to a few parts in a hundred of the output's scale
     torch.testing.assert_close(out.float(), ref, atol=0.05 * ref.abs().max().item(), rtol=0)
     torch.testing.assert_close(grad, ref_grad, atol=0.05 * ref_grad.abs().max().item(), rtol=0)

@@ -331,7 +331,7 @@ def test_channels_last_is_not_timed_without_spatial_convolutions():
     assert runtime.choose_channels_last(start, model, step_for, "cuda", measure=never) == start
 
 
-def test_a_resumed_run_keeps_its_layout(monkeypatch):
+def test_only_auto_times_the_layout_and_a_resumed_run_keeps_it(monkeypatch):
     model, _, measure, measured = _layout_timings(0.01)
     choose = runtime.choose_channels_last
     monkeypatch.setattr(
@@ -342,11 +342,13 @@ def test_a_resumed_run_keeps_its_layout(monkeypatch):
     def loss_fn():
         return nn.functional.cross_entropy(model(x), y)
 
-    previous = PrecisionChoice("fp32", "fp32", "as requested", channels_last=False).to_dict()
-    kept = choose_training_precision("fp32", model, loss_fn, previous=previous)
-    assert measured == [] and not kept.channels_last
-    fresh = choose_training_precision("fp32", model, loss_fn)
+    # an explicit precision measures nothing: the same command gives the same bits
+    explicit = choose_training_precision("fp32", model, loss_fn)
+    assert measured == [] and not explicit.channels_last
+    fresh = choose_training_precision("auto", model, loss_fn)
     assert measured == ["contiguous", "channels_last"] and fresh.channels_last
+    kept = choose_training_precision("auto", model, loss_fn, previous=fresh.to_dict())
+    assert len(measured) == 2 and kept.channels_last and kept.precision == fresh.precision
     # precision.json written before this field existed reads as the usual layout
     old = {k: v for k, v in fresh.to_dict().items() if k != "channels_last"}
     assert not PrecisionChoice.from_dict(old).channels_last

@@ -116,11 +116,23 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precis
     # EMA and label smoothing on, augmentation on: everything that draws random numbers or
     # carries state across epochs must be restored for the weights to match bit for bit.
     recipe = tiny_recipe(epochs=3, ema=0.9, augment={"crop_padding": 1, "random_erasing": 0.5})
-    if precision == "channels_last":  # a conv tokenizer trained in NHWC, as fast CPUs choose
-        monkeypatch.setattr(runtime, "CHANNELS_LAST_MIN_SPEEDUP", 0.0)
-        recipe = tiny_recipe(epochs=3, ema=0.9, model="cct_2_3x1_8", model_overrides={},
+    layouts = []
+    if precision == "channels_last":  # a conv tokenizer trained in NHWC, as `auto` may choose
+        monkeypatch.setattr(runtime, "CHANNELS_LAST_MIN_SPEEDUP", 0.0)  # NHWC always wins
+        monkeypatch.setattr(runtime, "BF16_MIN_SPEEDUP", math.inf)  # and fp32 always
+        # two conv stages (patch 4): the second one's 64 input channels make the layout visible
+        recipe = tiny_recipe(epochs=3, ema=0.9, model="cct_2_3x1_8", model_overrides={"patch_size": 4},
                              augment={"crop_padding": 1, "random_erasing": 0.5})  # fmt: skip
-        precision = "fp32"
+        precision = "auto"
+        real_epoch = train_module.train_one_epoch
+
+        def recording(model, *args, **kwargs):
+            conv = model.patch_embed.proj[3].weight  # [D, 64, 3, 3]
+            nhwc = kwargs["memory_format"] == torch.channels_last
+            layouts.append(nhwc and conv.is_contiguous(memory_format=torch.channels_last))
+            return real_epoch(model, *args, **kwargs)
+
+        monkeypatch.setattr(train_module, "train_one_epoch", recording)
     kw = dict(progress=False, deterministic=True, precision=precision)
     train(recipe, tmp_path / "straight", **kw)
 
@@ -148,10 +160,13 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precis
         assert torch.equal(a[k], b[k]), k
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4  # header + 3 epochs, none repeated
-    assert all(row.endswith(f",{precision}") for row in rows[1:])  # recorded every epoch
+    recorded = "fp32" if precision == "auto" else precision  # auto: fp32 forced above
+    assert all(row.endswith(f",{recorded}") for row in rows[1:])  # recorded every epoch
     chosen = json.loads((tmp_path / "resumed" / "precision.json").read_text())
-    assert chosen["precision"] == precision
+    assert chosen["precision"] == recorded
     assert chosen["channels_last"] is (recipe.model == "cct_2_3x1_8")
+    if recipe.model == "cct_2_3x1_8":  # every epoch trained in NHWC: 3 straight, 1 + 2 resumed
+        assert layouts == [True] * 6, layouts
     # And the history does not merely look alike: resuming from epoch 1 again changes nothing.
     initial = create_model(recipe.model, **recipe.model_overrides).state_dict()
     assert not torch.equal(a["train.pos_embed"], initial["pos_embed"])

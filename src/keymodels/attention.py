@@ -263,17 +263,21 @@ class Attention(nn.Module):
 # PyTorch's fused CPU attention kernel is slow in bf16/fp16 when training, in its backward: with
 # up to ~200 tokens, matmul-softmax-matmul in bf16 trains 1.2-17x faster
 # (benchmarks/bench_attention.py). Up to this many query-key pairs the explicit path takes over
-# there; its [B, H, T, S] weights stay small. Inference (forward only: measured 0.6-1.6x either
+# there, while its [B, H, T, S] weights (kept for the backward, ~6 bytes an element) stay under
+# EXPLICIT_CPU_MAX_WEIGHTS elements a layer. Inference (forward only: measured 0.6-1.6x either
 # way), fp32 and CUDA keep the fused kernel.
 EXPLICIT_CPU_MAX_PAIRS = 256 * 256
+EXPLICIT_CPU_MAX_WEIGHTS = 1 << 25  # ~200 MB a layer
 
 
 def _explicit_is_faster(q: Tensor, num_keys: int) -> bool:
+    pairs = q.shape[-2] * num_keys
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.bfloat16, torch.float16)
         and q.requires_grad
-        and q.shape[-2] * num_keys <= EXPLICIT_CPU_MAX_PAIRS
+        and pairs <= EXPLICIT_CPU_MAX_PAIRS
+        and q.shape[:-2].numel() * pairs <= EXPLICIT_CPU_MAX_WEIGHTS
     )
 
 
@@ -415,7 +419,7 @@ class MultiHeadAttention(nn.Module):
                 )
             # The learned temperature multiplies q (so the fused kernel runs with scale=1), and
             # the diagonal is masked: a token attends only to the others.
-            q, scale = q * self.temperature, 1.0
+            q, scale = q * self.temperature.to(q.dtype), 1.0  # bf16 stays bf16 under autocast
             off_diagonal = ~torch.eye(T, dtype=torch.bool, device=x.device)  # [T, T]
             attn_mask = off_diagonal if attn_mask is None else attn_mask & off_diagonal
             if mask is not None:
@@ -424,7 +428,8 @@ class MultiHeadAttention(nn.Module):
 
         if need_weights or _explicit_is_faster(q, S):
             scores = (q * scale) @ k.transpose(-2, -1)  # [B, H, T, S]
-            # softmax in at least fp32 whatever the matmuls ran in, as the fused kernels do
+            # softmax in at least fp32 whatever the matmuls ran in (the scores themselves come
+            # out of a bf16 matmul in bf16, where the fused kernel would keep them in fp32)
             wide = torch.promote_types(scores.dtype, torch.float32)
             weights = masked_softmax(scores.to(wide), attn_mask).to(v.dtype)
             out = self.attn_drop(weights) @ v

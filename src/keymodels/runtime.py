@@ -276,10 +276,7 @@ def choose_training_precision(
             model.train()
             step_for = training_step_for(model, loss_fn, device)
             choice = choose_precision(requested, step_for, device)
-            if previous and previous.get("precision") == choice.precision:
-                # the same layout as before, so that an explicit precision resumes exactly too
-                choice.channels_last = bool(previous.get("channels_last", False))
-            else:
+            if requested == "auto":  # an explicit precision measures nothing: same run, same bits
                 choice = choose_channels_last(choice, model, step_for, device)
     _announce(choice)
     return choice
@@ -303,7 +300,7 @@ def choose_channels_last(
 ) -> PrecisionChoice:
     """``choice`` with ``channels_last`` set when a step in ``choice.precision`` measured at
     least :data:`CHANNELS_LAST_MIN_SPEEDUP` faster with the weights in NHWC (the model is left
-    as it was; the caller converts it). Timed on the CPU for models with spatial convolutions
+    contiguous; the caller converts it). Timed on the CPU for models with spatial convolutions
     only: oneDNN's convolutions, their backward above all, can run much faster in NHWC."""
     if torch.device(device).type != "cpu" or not has_spatial_convs(model):
         return choice

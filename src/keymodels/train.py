@@ -795,5 +795,5 @@ def _train(
         run.write_json("results.json", results)
     if distiller is not None:
         model.set_distilled_training(False)  # one logit vector from now on, as at inference
-    eval_model.eval()
+    eval_model.eval().to(memory_format=torch.contiguous_format)  # as any model handed out
     return TrainResult(eval_model, out, run.best, test_acc, run.epoch, history, results)
