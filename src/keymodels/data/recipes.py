@@ -102,9 +102,9 @@ RECIPES: dict[str, Recipe] = {
             augment=Augment(mixup=0.2),
         ),
         Recipe(
-            # Sized to the 15-minute budget of a 2-core CPU with bf16 units (18 epochs × ~45 s, bf16
-            # + channels-last; ~2× longer without AVX512-BF16 or AMX): a CCT's
-            # convolutional tokenizer learns in the few epochs a plain ViT needs to start.
+            # Sized to the 15-minute budget of a 2-core CPU with bf16 units (18 epochs × ~45 s in
+            # bf16 + channels-last; ~2× longer without AVX512-BF16 or AMX): a CCT's convolutional
+            # tokenizer learns in the few epochs a plain ViT needs to start.
             name="fashion-mnist", dataset="fashion-mnist", model="cct_4_3x2_28",
             epochs=18, batch_size=128, lr=2e-3, warmup_epochs=0.5, augment=Augment(hflip=True),
             val_size=5000,
