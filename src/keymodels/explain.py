@@ -270,6 +270,8 @@ def head_maps(
 
 
 def check_index(name: str, index: int, size: int, what: str) -> int:
+    """``index`` into ``size`` items (negative from the end) as 0..size-1; the error names the
+    valid range, e.g. ``check_index("layer", 12, 12, "blocks")``."""
     if not -size <= index < size:
         raise InvalidInputError(
             f"{name} {index} is out of range: the model has {size} {what} "
