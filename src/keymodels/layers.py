@@ -5,8 +5,8 @@ Also the resampling of learned position embeddings when the patch grid changes.
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -208,8 +208,10 @@ class ConvStem(PatchEmbed):
 class CCTTokenizer(PatchEmbed):
     """The Compact Convolutional Transformer's tokenizer (Hassani et al. 2021, ``Tokenizer``).
 
-    n blocks of Conv 3×3 (stride 1, padding 1, no bias), ReLU, MaxPool 3×3 (stride 2, padding 1);
-    channels in_chans -> 64 -> ... -> 64 -> embed_dim, so the grid is img / 2ⁿ (P = 2ⁿ here).
+    n stages of Conv 3×3 (stride 1, padding 1, no bias), ReLU, then MaxPool 3×3 (stride 2,
+    padding 1); the paper's has one conv a stage, channels in_chans -> 64 -> ... -> 64 ->
+    embed_dim, so the grid is img / 2ⁿ (P = 2ⁿ here). ``stages`` gives each stage's conv
+    channels instead (the last one embed_dim), and ``norm`` puts BatchNorm after every conv.
     """
 
     def __init__(
@@ -219,21 +221,31 @@ class CCTTokenizer(PatchEmbed):
         in_chans: int = 3,
         embed_dim: int = 256,
         strict_img_size: bool = True,
+        stages: Sequence[Sequence[int]] = (),
+        norm: bool = False,
     ) -> None:
         super().__init__(img_size, patch_size, in_chans, embed_dim, strict_img_size)
         n = power_of_two_layers(patch_size, "cct")
-        channels = [in_chans] + [64] * (n - 1) + [embed_dim]
+        stages = stages or cct_stages(n, embed_dim)
         layers: list[nn.Module] = []
-        for c_in, c_out in itertools.pairwise(channels):
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            ]
+        c_in = in_chans
+        for stage in stages:
+            for c_out in stage:
+                layers.append(nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False))
+                if norm:
+                    layers.append(nn.BatchNorm2d(c_out))
+                layers.append(nn.ReLU())
+                c_in = c_out
+            layers.append(nn.MaxPool2d(3, stride=2, padding=1))
         self.proj = nn.Sequential(*layers)
         for m in self.proj:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)  # as CCT's Tokenizer.init_weight
+
+
+def cct_stages(n: int, embed_dim: int) -> tuple[tuple[int, ...], ...]:
+    """The paper's tokenizer: n stages of one conv each, 64 channels, the last embed_dim."""
+    return (*((64,) for _ in range(n - 1)), (embed_dim,))
 
 
 class ShiftedPatchTokenization(PatchEmbed):
