@@ -139,8 +139,7 @@ class ViTConfig:
                 "tokenizer_stages and tokenizer_norm configure the CCT tokenizer: they need "
                 f"stem='cct'; got stem={self.stem!r}"
             )
-        if self.tokenizer_stages:
-            n = self.patch_size.bit_length() - 1
+        if self.tokenizer_stages:  # stem "cct" here: n is the power-of-two check's, above
             stages = self.tokenizer_stages
             if len(stages) != n or not all(stages):
                 raise InvalidInputError(
