@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from keymodels.data import (
-    eval_transform,
+    Augment,
+    BatchTransform,
+    batch_transform,
     get_recipe,
     load_dataset,
     mean_std,
-    train_transform,
 )
 from keymodels.registry import get_config
 from keymodels.run import lr_factor
@@ -63,9 +64,9 @@ def plain_run(recipe, data_dir, steps: int) -> tuple[float, float, int]:
     config = get_config(recipe.model, num_classes=len(splits.classes), **recipe.model_overrides)
     model = VisionTransformer(config)
     mean, std = mean_std(splits.train.images)
-    splits.train.transform = train_transform(recipe.augment, config.img_size, mean, std)
-    splits.val.transform = eval_transform(config.img_size, mean, std)
-    splits.test.transform = eval_transform(config.img_size, mean, std)
+    # The engine's own batch transforms: the comparison is about the loop, not the data pipeline.
+    splits.train.transform = batch_transform(recipe.augment, mean, std)
+    splits.val.transform = splits.test.transform = BatchTransform(Augment(), mean, std)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr)
     per_epoch = len(splits.train) // recipe.batch_size
     warmup, total = round(recipe.warmup_epochs * per_epoch), per_epoch * recipe.epochs

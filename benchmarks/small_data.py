@@ -41,7 +41,8 @@ SETS: dict[str, dict[str, tuple[str, list[str]]]] = {
         "vit": ("fashion-mnist", mirror_only("vit_fmnist_patch4_28", 18)),
         "conv-stem": ("fashion-mnist", mirror_only("vit_fmnist_convstem_patch4_28", 18)),
         "cct": ("fashion-mnist", mirror_only("cct_4_3x2_28", 18)),
-        "cct-bn-tokenizer": ("fashion-mnist", []),  # the recipe: cct_3_3x3bn_28, 21 epochs
+        "cct-bn-tokenizer": ("fashion-mnist", ["--model", "cct_3_3x3bn_28"]),  # 21 epochs
+        "cct-bn-tokenizer-4conv": ("fashion-mnist", []),  # the recipe: cct_3_3x4bn_28, 21 epochs
         "spt-lsa": ("fashion-mnist", mirror_only("vit_fmnist_spt_lsa_patch4_28", 19)),
         "teacher": ("fashion-mnist-teacher", []),
         # The teacher's time counts against the student's 15 minutes (1 epoch, ~2.3 min), and its
@@ -64,6 +65,7 @@ SPEED_MODELS = [
     "vit_fmnist_convstem_patch4_28",
     "cct_4_3x2_28",
     "cct_3_3x3bn_28",
+    "cct_3_3x4bn_28",
     "cct_7_3x2_28",
     "vit_fmnist_spt_lsa_patch4_28",
     "deit_fmnist_distilled_patch4_28",

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from keymodels.data import (
+    ArrayDataset,
     Augment,
+    BatchTransform,
     DataError,
     ImageDecodeError,
     collate_skip,
@@ -414,6 +416,71 @@ def test_train_transform_flips_only_when_asked() -> None:
     assert 5 < sum(right) < 35
     assert not get_recipe("digits").augment.hflip  # a mirrored 3 is not a 3
     assert get_recipe("fashion-mnist").augment.hflip
+
+
+def test_batch_transform_without_augmentation_is_the_eval_transform() -> None:
+    images = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8)
+    mean, std = [0.2, 0.5, 0.7], [0.3, 0.25, 0.1]
+    batched = BatchTransform(Augment(), mean, std)
+    per_image = torch.stack([eval_transform((5, 7), mean, std)(x) for x in images])
+    torch.testing.assert_close(batched(images), per_image, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batched(images[2]), per_image[2], rtol=0, atol=1e-6)  # one image
+
+
+def test_batch_transform_crops_and_flips_like_torchvision() -> None:
+    # Distinct pixel values, so each output says which window (and mirror) it came from.
+    image = torch.arange(1, 37, dtype=torch.uint8).view(1, 1, 6, 6)
+    padded = torch.nn.functional.pad(image[0], (2, 2, 2, 2)).float() / 255
+    windows = {}
+    for top in range(5):
+        for left in range(5):
+            window = padded[:, top : top + 6, left : left + 6]
+            windows[top, left, False], windows[top, left, True] = window, window.flip(-1)
+    torch.manual_seed(0)
+    out = BatchTransform(Augment(crop_padding=2, hflip=True), [0.0], [1.0])(
+        image.expand(2000, -1, -1, -1)
+    )
+    seen = []
+    for x in out:
+        match = [k for k, w in windows.items() if torch.equal(x, w)]
+        assert len(match) == 1, "every output is one padded window, mirrored or not"
+        seen.append(match[0])
+    assert {k[:2] for k in seen} == {(t, c) for t in range(5) for c in range(5)}  # all offsets
+    assert 0.45 < sum(k[2] for k in seen) / len(seen) < 0.55  # mirrored half the time
+
+
+def test_batch_transform_erases_like_torchvision() -> None:
+    n, p = 4000, 0.25
+    images = torch.full((n, 1, 28, 28), 255, dtype=torch.uint8)  # normalized: 1 everywhere
+    torch.manual_seed(0)
+    batched = BatchTransform(Augment(random_erasing=p), [0.0], [1.0])(images)
+    reference = train_transform(Augment(random_erasing=p), 28, [0.0], [1.0])
+    per_image = torch.stack([reference(x) for x in images])
+    for out in (batched, per_image):
+        assert set(out.unique().tolist()) == {0.0, 1.0}
+    erased = (batched == 0).flatten(1).sum(1)
+    reference_erased = (per_image == 0).flatten(1).sum(1)
+    # Erased images are the same share, and the areas have the same distribution.
+    assert abs((erased > 0).float().mean() - p) < 0.025
+    assert abs((erased > 0).float().mean() - (reference_erased > 0).float().mean()) < 0.03
+    area = erased[erased > 0].float()
+    assert abs(area.mean() / reference_erased[reference_erased > 0].float().mean() - 1) < 0.08
+    assert 0.02 * 784 - 10 <= area.min() and area.max() <= 0.33 * 784 + 30
+    for x in batched[erased > 0][:200]:  # each erased region is one axis-aligned rectangle
+        rows, cols = (x[0] == 0).nonzero(as_tuple=True)
+        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert h * w == len(rows)
+
+
+def test_array_dataset_transforms_a_batch_at_once() -> None:
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    ds = ArrayDataset(images, torch.arange(10), BatchTransform(Augment(), [0.5], [0.5]))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_skip)
+    x, y, skipped = next(iter(loader))
+    assert y.tolist() == [0, 1, 2, 3] and skipped == 0
+    torch.testing.assert_close(x, (images[:4].float() / 255 - 0.5) / 0.5)
+    ds.transform = eval_transform(4, [0.5], [0.5])  # a per-image transform still works
+    torch.testing.assert_close(next(iter(loader))[0], x)
 
 
 def test_recipes_and_errors() -> None:

@@ -82,7 +82,7 @@ def test_export_names_the_batch_axis_and_records_preprocessing(tmp_path: Path) -
     [
         "vit_fmnist_convstem_patch4_28",
         "cct_2_3x1_8",
-        "cct_3_3x3bn_28",
+        "cct_3_3x4bn_28",
         "vit_fmnist_spt_lsa_patch4_28",
         "deit_fmnist_distilled_patch4_28",
     ],

@@ -435,6 +435,9 @@ def test_cct_tokenizer_stages_and_norm():
     assert model.grid_size == (7, 7)
     x = torch.randn(2, 1, 28, 28)
     assert model.patch_embed(x).shape == (2, 49, 128)
+    # The recipe's: two convs at full resolution before the first pooling.
+    kinds = [type(m).__name__ for m in create_model("cct_3_3x4bn_28").patch_embed.proj]
+    assert kinds == [*conv, *conv, "MaxPool2d", *conv, *conv, "MaxPool2d"]
     # Stages given explicitly as the paper's are the paper's tokenizer, weight for weight.
     paper = get_config("cct_4_3x2_28")
     same = dataclasses.replace(paper, tokenizer_stages=((64,), (128,)))
@@ -594,7 +597,7 @@ def test_bad_small_data_config_is_a_clear_error(overrides, message):
 def test_small_data_configs_survive_save_and_from_pretrained(tmp_path):
     from keymodels import from_pretrained
 
-    names = ("cct_2_3x1_8", "cct_3_3x3bn_28", "vit_fmnist_spt_lsa_patch4_28",
+    names = ("cct_2_3x1_8", "cct_3_3x4bn_28", "vit_fmnist_spt_lsa_patch4_28",
              "deit_fmnist_distilled_patch4_28")  # fmt: skip
     for name in names:
         model = randomize(create_model(name)).eval()

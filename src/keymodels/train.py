@@ -37,10 +37,13 @@ from .checkpoint import Checkpoint, check_compatible, load_checkpoint, rng_state
 from .checkpoint import set_rng_state as restore_rng_state
 from .data import (
     ArrayDataset,
+    Augment,
+    BatchTransform,
     DataError,
     DataSplits,
     Recipe,
     batch_mix,
+    batch_transform,
     collate_skip,
     eval_transform,
     load_dataset,
@@ -562,10 +565,17 @@ def _train(
         not isinstance(splits.train, ArrayDataset)
         or tuple(splits.train.images.shape[-2:]) != img_size
     )
-    splits.train.transform = train_transform(recipe.augment, img_size, mean, std, resize)
+    # In-memory images of the model's size are transformed a batch at a time (per-image draws).
+    batched = None if resize else batch_transform(recipe.augment, mean, std)
+    splits.train.transform = batched or train_transform(recipe.augment, img_size, mean, std, resize)
+    evaluation = (
+        eval_transform(img_size, mean, std, resize)
+        if resize
+        else BatchTransform(Augment(), mean, std)
+    )
     for ds in (splits.val, splits.test):
         if ds is not None:
-            ds.transform = eval_transform(img_size, mean, std, resize)
+            ds.transform = evaluation
 
     # Model (any registered image classifier), optimizer, warmup + cosine schedule, EMA.
     model = create_model(recipe.model, **overrides).to(dev)

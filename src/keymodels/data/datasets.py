@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import KeymodelsError, unknown_name
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
+from .transforms import BatchTransform
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.images[i]
         return (self.transform(x) if self.transform else x), int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        """A DataLoader batch; a :class:`BatchTransform` transforms it in one call."""
+        if not isinstance(self.transform, BatchTransform):
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.transform(self.images[index])
+        return list(zip(images.unbind(0), self.labels[index].tolist(), strict=True))
 
 
 class ImageFileDataset(Dataset):
