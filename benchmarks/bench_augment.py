@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from keymodels.data import (
-    batch_transform,
+    BatchTransform,
     collate_skip,
+    dataset_transform,
     get_recipe,
     load_dataset,
     mean_std,
@@ -53,8 +54,8 @@ def main() -> None:
     mean, std = mean_std(train.images)
     size = tuple(train.images.shape[-2:])
     per_image = train_transform(recipe.augment, size, mean, std)
-    batched = batch_transform(recipe.augment, mean, std)
-    if batched is None:
+    batched = dataset_transform(train, recipe.augment, size, mean, std)
+    if not isinstance(batched, BatchTransform):
         raise SystemExit(f"{args.recipe}'s augmentation ({recipe.augment}) is per-image only")
     print(f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads, "
           f"{args.recipe}: {recipe.augment}")  # fmt: skip

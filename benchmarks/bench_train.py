@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from keymodels.data import (
     Augment,
-    BatchTransform,
-    batch_transform,
+    dataset_transform,
     get_recipe,
     load_dataset,
     mean_std,
@@ -64,9 +63,11 @@ def plain_run(recipe, data_dir, steps: int) -> tuple[float, float, int]:
     config = get_config(recipe.model, num_classes=len(splits.classes), **recipe.model_overrides)
     model = VisionTransformer(config)
     mean, std = mean_std(splits.train.images)
-    # The engine's own batch transforms: the comparison is about the loop, not the data pipeline.
-    splits.train.transform = batch_transform(recipe.augment, mean, std)
-    splits.val.transform = splits.test.transform = BatchTransform(Augment(), mean, std)
+    # The engine's own transforms: the comparison is about the loop, not the data pipeline.
+    size = config.img_size
+    splits.train.transform = dataset_transform(splits.train, recipe.augment, size, mean, std)
+    for ds in (splits.val, splits.test):
+        ds.transform = dataset_transform(ds, Augment(), size, mean, std)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr)
     per_epoch = len(splits.train) // recipe.batch_size
     warmup, total = round(recipe.warmup_epochs * per_epoch), per_epoch * recipe.epochs

@@ -21,7 +21,9 @@ from keymodels.data import (
     BatchTransform,
     DataError,
     ImageDecodeError,
+    ImageFileDataset,
     collate_skip,
+    dataset_transform,
     eval_transform,
     get_recipe,
     list_recipes,
@@ -481,6 +483,23 @@ def test_array_dataset_transforms_a_batch_at_once() -> None:
     torch.testing.assert_close(x, (images[:4].float() / 255 - 0.5) / 0.5)
     ds.transform = eval_transform(4, [0.5], [0.5])  # a per-image transform still works
     torch.testing.assert_close(next(iter(loader))[0], x)
+
+
+def test_dataset_transform_batches_in_memory_images_of_the_model_size() -> None:
+    arrays = ArrayDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4))
+    stats = [0.5], [0.25]
+    assert isinstance(
+        dataset_transform(arrays, Augment(hflip=True), (8, 8), *stats), BatchTransform
+    )
+    assert isinstance(dataset_transform(arrays, Augment(), (8, 8), *stats), BatchTransform)
+    per_image = [
+        dataset_transform(arrays, Augment(), (16, 16), *stats),  # resized
+        dataset_transform(arrays, Augment(random_resized_crop=0.5), (8, 8), *stats),
+        dataset_transform(arrays, Augment(auto_augment="trivial"), (8, 8), *stats),
+        dataset_transform(ImageFileDataset([], "L"), Augment(), (8, 8), *stats),  # files
+    ]
+    assert not any(isinstance(t, BatchTransform) for t in per_image)
+    assert tuple(per_image[0](arrays.images[0]).shape) == (1, 16, 16)
 
 
 def test_recipes_and_errors() -> None:

@@ -38,18 +38,16 @@ from .checkpoint import set_rng_state as restore_rng_state
 from .data import (
     ArrayDataset,
     Augment,
-    BatchTransform,
     DataError,
     DataSplits,
     Recipe,
     batch_mix,
-    batch_transform,
     collate_skip,
+    dataset_transform,
     eval_transform,
     load_dataset,
     mean_std,
     split_train,
-    train_transform,
 )
 from .data.datasets import check_labels
 from .distill import Teacher, distillation_loss, load_teacher, require_distilled, same_teacher
@@ -561,21 +559,10 @@ def _train(
     img_size = overrides["img_size"]
     config = get_config(recipe.model, **overrides)
     mean, std = _stats(splits, img_size)
-    resize = (
-        not isinstance(splits.train, ArrayDataset)
-        or tuple(splits.train.images.shape[-2:]) != img_size
-    )
-    # In-memory images of the model's size are transformed a batch at a time (per-image draws).
-    batched = None if resize else batch_transform(recipe.augment, mean, std)
-    splits.train.transform = batched or train_transform(recipe.augment, img_size, mean, std, resize)
-    evaluation = (
-        eval_transform(img_size, mean, std, resize)
-        if resize
-        else BatchTransform(Augment(), mean, std)
-    )
+    splits.train.transform = dataset_transform(splits.train, recipe.augment, img_size, mean, std)
     for ds in (splits.val, splits.test):
         if ds is not None:
-            ds.transform = evaluation
+            ds.transform = dataset_transform(ds, Augment(), img_size, mean, std)
 
     # Model (any registered image classifier), optimizer, warmup + cosine schedule, EMA.
     model = create_model(recipe.model, **overrides).to(dev)

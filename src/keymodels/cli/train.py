@@ -18,9 +18,10 @@ import torch
 
 from ..data import (
     DATASETS,
+    Augment,
     Recipe,
     collate_skip,
-    eval_transform,
+    dataset_transform,
     get_recipe,
     list_recipes,
     load_dataset,
@@ -184,8 +185,10 @@ def run_eval(args: argparse.Namespace) -> int:
             f"the data in {data_dir} has classes {splits.classes[:10]}, the model was trained on "
             f"{info['class_names'][:10]}"
         )
-    resize = not hasattr(data, "images") or list(data.images.shape[-2:]) != info["img_size"]
-    data.transform = eval_transform(info["img_size"], info["mean"], info["std"], resize)
+    # The engine's own evaluation transform, so --split val gives the run's val_acc.
+    data.transform = dataset_transform(
+        data, Augment(), tuple(info["img_size"]), info["mean"], info["std"]
+    )
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_skip)
     example = next(iter(loader))[0]
     fast = optimize(model, args.precision, args.compile, example, expected_items=len(data))

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
+from torchvision.transforms import v2
 
 from ..errors import KeymodelsError, unknown_name
+from ..layers import to_2tuple
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
-from .transforms import BatchTransform
+from .transforms import Augment, BatchTransform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,23 @@ class ArrayDataset(Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         images = self.transform(self.images[index])
         return list(zip(images.unbind(0), self.labels[index].tolist(), strict=True))
+
+
+def dataset_transform(
+    ds: Dataset,
+    augment: Augment,
+    img_size: int | tuple[int, int],
+    mean: list[float],
+    std: list[float],
+) -> BatchTransform | v2.Compose:
+    """The transform ``ds`` applies, shared by training and evaluation (``Augment()``): a
+    :class:`BatchTransform` for in-memory images of the model's size, a batch per call;
+    torchvision per image for the rest (image files, other sizes, random resized crops,
+    AutoAugment policies)."""
+    resize = not isinstance(ds, ArrayDataset) or tuple(ds.images.shape[-2:]) != to_2tuple(img_size)
+    if resize or augment.random_resized_crop or augment.auto_augment:
+        return train_transform(augment, img_size, mean, std, resize)
+    return BatchTransform(augment, mean, std)
 
 
 class ImageFileDataset(Dataset):

@@ -98,7 +98,8 @@ class BatchTransform:
     erasing), each image drawing its own offsets, flip and rectangle from the same
     distributions as torchvision's per-image transforms. For 28×28 images the per-image Python
     calls cost about a tenth of a training step; one call per batch costs ~1%. Built by
-    :func:`batch_transform` for the augmentations it covers; also takes one ``[C, H, W]`` image.
+    :func:`keymodels.data.datasets.dataset_transform` where it applies; also takes one
+    ``[C, H, W]`` image.
     """
 
     # torchvision's RandomErasing defaults: area share, aspect-ratio range, tries per image
@@ -154,16 +155,6 @@ class BatchTransform:
         inside_y = (ys >= top.view(-1, 1, 1)) & (ys < (top + eh).view(-1, 1, 1))
         inside_x = (xs >= left.view(-1, 1, 1)) & (xs < (left + ew).view(-1, 1, 1))
         return (inside_y & inside_x & erase.view(-1, 1, 1)).unsqueeze(1)
-
-
-def batch_transform(
-    augment: Augment, mean: Sequence[float], std: Sequence[float]
-) -> BatchTransform | None:
-    """A :class:`BatchTransform` for ``augment``, or None when it needs per-image transforms
-    (random resized crops, AutoAugment policies)."""
-    if augment.random_resized_crop or augment.auto_augment:
-        return None
-    return BatchTransform(augment, mean, std)
 
 
 def batch_mix(augment: Augment, num_classes: int) -> v2.Transform | None:
