@@ -85,6 +85,7 @@ SMALL_DATA_MODELS = {
     "cct_2_3x1_8": ("cct", False, False, "seq"),
     "cct_3_3x3bn_28": ("cct", False, False, "seq"),
     "cct_3_3x4bn_28": ("cct", False, False, "seq"),
+    "cct_3_3x4bn_d256_28": ("cct", False, False, "seq"),
     "vit_fmnist_convstem_patch4_28": ("conv", False, False, "avg"),
     "vit_fmnist_spt_lsa_patch4_28": ("spt", True, False, "avg"),
     "deit_fmnist_distilled_patch4_28": ("patch", False, True, "token"),

@@ -438,6 +438,13 @@ def test_cct_tokenizer_stages_and_norm():
     # The recipe's: two convs at full resolution before the first pooling.
     kinds = [type(m).__name__ for m in create_model("cct_3_3x4bn_28").patch_embed.proj]
     assert kinds == [*conv, *conv, "MaxPool2d", *conv, *conv, "MaxPool2d"]
+    # The long recipe's: the same layout, twice as wide, ending at its D 256.
+    wide = create_model("cct_3_3x4bn_d256_28")
+    convs = [m for m in wide.patch_embed.proj if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 64), (64, 64), (64, 128), (128, 256)
+    ]  # fmt: skip
+    assert wide.patch_embed(x).shape == (2, 49, 256)
     # Stages given explicitly as the paper's are the paper's tokenizer, weight for weight.
     paper = get_config("cct_4_3x2_28")
     same = dataclasses.replace(paper, tokenizer_stages=((64,), (128,)))
