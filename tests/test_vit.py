@@ -438,7 +438,7 @@ def test_cct_tokenizer_stages_and_norm():
     # The recipe's: two convs at full resolution before the first pooling.
     kinds = [type(m).__name__ for m in create_model("cct_3_3x4bn_28").patch_embed.proj]
     assert kinds == [*conv, *conv, "MaxPool2d", *conv, *conv, "MaxPool2d"]
-    # The long recipe's: the same layout, twice as wide, ending at its D 256.
+    # The wider variant tried for the long recipe: the same layout, ending at its D 256.
     wide = create_model("cct_3_3x4bn_d256_28")
     convs = [m for m in wide.patch_embed.proj if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
