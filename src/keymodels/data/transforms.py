@@ -82,13 +82,9 @@ def eval_transform(
     std: Sequence[float],
     resize: bool = False,
 ) -> v2.Compose:
-    """Deterministic transform: (resize shorter side + center crop,) scale to [0, 1], normalize."""
-    size = to_2tuple(img_size)
-    steps: list[Any] = [v2.ToImage()]
-    if resize:
-        steps += [v2.Resize(min(size), antialias=True), v2.CenterCrop(size)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    """Deterministic transform: (resize shorter side + center crop,) scale to [0, 1], normalize:
+    the training transform without augmentation, so the two cannot drift apart."""
+    return train_transform(Augment(), img_size, mean, std, resize)
 
 
 class BatchTransform:
