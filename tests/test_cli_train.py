@@ -119,6 +119,30 @@ def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "broken.png: cannot decode" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no run folder or checkpoint file" in capsys.readouterr().err
+    assert main(["train", "--recipe", "digits", "--tta", "--out", str(tmp_path / "z")]) == 2
+    assert "does not train on mirrored images" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()  # nothing written
+
+
+def test_eval_tta_averages_with_mirrors_when_asked(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keymodels.runs import MirrorTTA, evaluate, load_run
+
+    # The digits recipe has no tta: eval follows it unless --tta asks.
+    assert main(["eval", str(run_dir), "--json", "--precision", "fp32"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run_dir), "--tta", "--json", "--precision", "fp32"]) == 0
+    tta = json.loads(capsys.readouterr().out)
+    assert plain["tta"] is False and tta["tta"] is True
+    model, info = load_run(run_dir)
+    test = load_dataset("digits").test
+    x = (test.images.float() / 255 - info["mean"][0]) / info["std"][0]
+    expected = evaluate(MirrorTTA(model), [(x, test.labels, 0)], 10)
+    assert tta["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    assert tta["loss"] != pytest.approx(plain["loss"], rel=1e-3)
+    assert main(["eval", str(run_dir), "--tta", "--precision", "fp32"]) == 0
+    assert "each averaged with its mirror" in capsys.readouterr().out
 
 
 def test_demo_part_trains_predicts_and_says_where(

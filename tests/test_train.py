@@ -21,7 +21,7 @@ from keymodels.data import get_recipe, load_dataset, preprocess_images
 from keymodels.errors import InvalidInputError
 from keymodels.registry import create_model
 from keymodels.run import TrainingError, lr_factor
-from keymodels.runs import evaluate, load_vit
+from keymodels.runs import evaluate, load_vit, predict
 from keymodels.train import NonFiniteLossError, param_groups, train
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -71,6 +71,58 @@ def test_evaluate_confusion_matrix() -> None:
     res = evaluate(Fixed(), batches, 3)
     assert res["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 0, 2]]
     assert res["acc"] == 0.75 and res["per_class_acc"] == [1.0, 0.0, 1.0] and res["n"] == 4
+
+
+def test_evaluate_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:
+    # A linear classifier on 1×3 images, logits = x @ W, worked by hand: x = [3, 1, 0] gives
+    # [3, 2] (class 0, wrong); its mirror [0, 1, 3] gives [0, 5]; the mean [1.5, 3.5] is class 1.
+    linear = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]]))
+    model = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    batches = [(torch.tensor([[[[3.0, 1.0, 0.0]]]]), torch.tensor([1]), 0)]
+    assert evaluate(model, batches, 2)["acc"] == 0.0
+    res = evaluate(model, batches, 2, tta=True)
+    assert res["acc"] == 1.0 and res["confusion"] == [[0, 0], [0, 1]]
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[1.5, 3.5]]), torch.tensor([1]))
+    assert res["loss"] == pytest.approx(expected.item())
+    # The model's mode is the one it had (the wrapper must not turn an eval model to training).
+    for mode in (False, True):
+        model.train(mode)
+        evaluate(model, batches, 2, tta=True)
+        assert model.training is mode and linear.training is mode
+
+
+def test_tta_needs_a_recipe_that_trains_on_mirrored_images() -> None:
+    assert get_recipe("fashion-mnist", tta=True).tta
+    with pytest.raises(InvalidInputError, match=r"tta averages each image with its mirror.*hflip"):
+        get_recipe("digits", tta=True)  # a mirrored 3 is not a 3
+
+
+def test_tta_run_selects_reports_and_predicts_with_mirrors(tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=1, batch_size=32, tta=True, augment={"hflip": True})
+    result = train(recipe, tmp_path, progress=False, precision="fp32")
+    assert result.results["tta"] is True
+    model, info = load_vit(tmp_path)
+    assert info["recipe"]["tta"] is True
+    test = load_dataset("digits").test
+    x = (test.images.float() / 255 - info["mean"][0]) / info["std"][0]  # the eval transform
+    batches = [(x, test.labels, 0)]
+    assert evaluate(model, batches, 10, tta=True)["acc"] == pytest.approx(
+        result.results["test_acc"]
+    )
+    # predict follows the run's recipe: the probabilities of the mirror-averaged logits.
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(test.images[i, 0].numpy(), "L").save(paths[-1])
+    rows = predict((model, info), paths, top_k=1, precision="fp32", compile="off")
+    with torch.no_grad():
+        probs = ((model(x[:3]) + model(x[:3].flip(-1))) / 2).softmax(-1)
+        plain = model(x[:3]).softmax(-1)
+    assert (probs.max(-1).values - plain.max(-1).values).abs().max() > 1e-3  # a real difference
+    for row, p in zip(rows, probs):
+        assert row["top"][0]["prob"] == pytest.approx(p.max().item(), abs=1e-5)
 
 
 def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:

@@ -221,7 +221,8 @@ def predict(
     Args:
         run: an image classifier's run folder or checkpoint (a ViT, a ResNet), or the
             ``(model, info)`` of :func:`load_run` (a server loads once and predicts many times).
-        images: image files of any size and mode, preprocessed as in evaluation.
+        images: image files of any size and mode, preprocessed as in evaluation; a run whose
+            recipe has ``tta`` averages each image with its mirror, as its evaluation did.
         top_k: how many classes per image (fewer if the model has fewer).
         precision, compile: the inference fast path (see :func:`keymodels.runtime.optimize`).
         on_error: an image file that cannot be read (missing, corrupt, not an image): "fail"
@@ -240,6 +241,7 @@ def predict(
         raise InvalidInputError(f"on_error must be 'fail' or 'skip'; got {on_error!r}")
     model, info = run if isinstance(run, tuple) else load_run(run)
     images, x = _read_images(images, info, on_error)
+    model = with_tta(model, bool(info.get("recipe", {}).get("tta")))  # as the run evaluated
     fast = optimize(model, precision, compile, x, expected_items=len(x))
     with torch.inference_mode():
         probs = fast(x).softmax(-1)
@@ -291,12 +293,39 @@ def check_finite_outputs(probs: torch.Tensor, checkpoint: str) -> None:
         )
 
 
+class MirrorTTA(nn.Module):
+    """Test-time augmentation: the mean of a classifier's logits for each image and its mirror.
+
+    Averaging logits gives the normalized geometric mean of the two probability vectors. Only
+    for classes that mirroring keeps (clothes, photos), i.e. models trained with ``hflip``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # evaluate() restores the mode it finds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x).float() + self.model(x.flip(-1)).float()) / 2
+
+
+def with_tta(model: nn.Module, tta: bool) -> nn.Module:
+    """``model``, averaged over mirrored images when ``tta`` (a recipe's ``tta``)."""
+    return MirrorTTA(model) if tta else model
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu"
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """An image classifier (any family) on ``loader``'s batches of ``(images, labels, skipped)``: loss, accuracy,
-    per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    per-class accuracy and confusion matrix (rows: true, columns: predicted). ``tta``: the
+    logits are :class:`MirrorTTA`'s."""
+    model = with_tta(model, tta)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)

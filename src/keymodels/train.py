@@ -681,7 +681,7 @@ def _train(
 
     def evaluate_on(loader: DataLoader) -> dict[str, Any]:
         with torch.autocast(dev.type, amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-            return evaluate(eval_model, loader, config.num_classes, dev)
+            return evaluate(eval_model, loader, config.num_classes, dev, tta=recipe.tta)
 
     history: list[dict[str, Any]] = []
     val: dict[str, Any] = {}
@@ -780,6 +780,7 @@ def _train(
             "confusion": test["confusion"] if test else None, "class_names": splits.classes,
             "split_sizes": meta["split_sizes"], "teacher": meta["teacher"],
             "params": sum(p.numel() for p in model.parameters()), "precision": choice.precision,
+            "tta": recipe.tta,
             "train_img_per_s": (
                 sum(h["img_per_s"] for h in history) / len(history) if history else None
             ), "unreadable_images": _unreadable_files(splits),

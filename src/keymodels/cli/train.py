@@ -44,7 +44,7 @@ RECIPE_FLAGS = {
     "min_lr": "min_lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
     "label_smoothing": "label_smoothing", "clip_grad": "clip_grad", "ema": "ema",
     "workers": "workers", "seed": "seed", "img_size": "img_size", "val_fraction": "val_fraction",
-    "val_size": "val_size", "train_subset": "train_subset", "teacher": "teacher",
+    "val_size": "val_size", "train_subset": "train_subset", "teacher": "teacher", "tta": "tta",
 }  # fmt: skip
 AUGMENT_FLAGS = ("crop_padding", "random_resized_crop", "hflip", "auto_augment", "random_erasing",
                  "mixup", "cutmix")  # fmt: skip
@@ -192,7 +192,8 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_skip)
     example = next(iter(loader))[0]
     fast = optimize(model, args.precision, args.compile, example, expected_items=len(data))
-    res = evaluate(fast, loader, len(info["class_names"]))
+    tta = recipe.get("tta", False) if args.tta is None else args.tta
+    res = evaluate(fast, loader, len(info["class_names"]), tta=tta)
     if not math.isfinite(res["loss"]):
         raise InvalidInputError(
             f"the model in {info['checkpoint']} gives NaN or infinite outputs: its weights are "
@@ -203,14 +204,14 @@ def run_eval(args: argparse.Namespace) -> int:
         # "val_acc" or "test_acc" as well as "accuracy": the name says which split it is.
         print(json.dumps({"split": args.split, "accuracy": res["acc"], "loss": res["loss"],
                           f"{args.split}_acc": res["acc"], f"{args.split}_loss": res["loss"],
-                          "n": res["n"],
+                          "n": res["n"], "tta": tta,
                           "skipped": res["skipped"], "per_class_acc": per_class,
                           "confusion": res["confusion"], "class_names": info["class_names"],
                           "checkpoint": info["checkpoint"]}))  # fmt: skip
         return 0
     print(
         f"{info['checkpoint']}: accuracy {res['acc']:.2%} on {res['n']} {dataset} "
-        f"{args.split} images"
+        f"{args.split} images" + (" (each averaged with its mirror)" if tta else "")
     )
     width = max(len(c) for c in info["class_names"])
     for name, acc in per_class.items():
@@ -301,6 +302,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     g.add_argument("--auto-augment", choices=["", "trivial", "randaugment"])
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="test-time augmentation: validation and test average each image with its mirror",
+    )  # fmt: skip
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     add_precision_argument(r, "training (CUDA: bf16, else fp16)")
@@ -340,6 +345,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="test (default) or val: the run's validation hold-out, that chose its checkpoint",
     )
     p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="average each image with its mirror (default: as the run's recipe evaluated)",
+    )  # fmt: skip
     add_precision_argument(p, "inference")
     add_compile_argument(p)
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip",

@@ -44,6 +44,7 @@ class Recipe:
     val_size: int | None = None  # images held out for validation (precedence over val_fraction)
     train_subset: int | None = None  # few-data runs: a stratified subset of the training images
     teacher: str | None = None  # DeiT hard distillation from this run folder (keymodels.distill)
+    tta: bool = False  # evaluate (validation, test, predict) on each image and its mirror
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +71,12 @@ class Recipe:
         for name in ("val_size", "train_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1 (or None); got {getattr(self, name)}")
+        if self.tta and not self.augment.hflip:
+            raise InvalidInputError(
+                "tta averages each image with its mirror, but this recipe does not train on "
+                "mirrored images (augment.hflip is off; mirroring changes digits and text): "
+                "turn on hflip (--hflip) or leave tta off (--no-tta)"
+            )
         if self.workers < 0:
             raise InvalidInputError(
                 f"workers must be >= 0 (0: load in the main process); got {self.workers}"
