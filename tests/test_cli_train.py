@@ -125,7 +125,7 @@ def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_eval_tta_averages_with_mirrors_when_asked(
-    run_dir: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from keymodels.runs import MirrorTTA, evaluate, load_run
 
@@ -135,6 +135,8 @@ def test_eval_tta_averages_with_mirrors_when_asked(
     assert main(["eval", str(run_dir), "--tta", "--json", "--precision", "fp32"]) == 0
     tta = json.loads(capsys.readouterr().out)
     assert plain["tta"] is False and tta["tta"] is True
+    # Allowed (the user asked), with a warning: this digits run never saw a mirrored image.
+    assert "was trained without mirrored images (augment.hflip off)" in caplog.text
     model, info = load_run(run_dir)
     test = load_dataset("digits").test
     x = (test.images.float() / 255 - info["mean"][0]) / info["std"][0]
@@ -254,3 +256,11 @@ def test_resume_needs_no_flag_repeated(tmp_path: Path, capsys: pytest.CaptureFix
     # A flag that changes the stored recipe is still refused.
     assert main([*again[:-3], "--epochs", "3", "--lr", "0.5", "--no-progress"]) == 2
     assert "lr" in capsys.readouterr().err
+    # A run saved before recipes had `tta` evaluated without mirrors: --tta is a change too.
+    from keymodels.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(out / "last.safetensors")
+    del ckpt.meta["recipe"]["tta"]
+    save_checkpoint(out / "last.safetensors", ckpt)
+    assert main([*again[:-3], "--epochs", "3", "--hflip", "--tta", "--no-progress"]) == 2
+    assert "tta: the run has False, given True" in capsys.readouterr().err

@@ -75,6 +75,12 @@ def test_export_names_the_batch_axis_and_records_preprocessing(tmp_path: Path) -
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"  # not torch's "s77"
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta == {"input_size": [3, 32, 32], "class_names": names, **prep}
+    # A run trained with tta: the metadata tells the caller to average with mirrors.
+    export_onnx(model, tmp_path / "tta.onnx", preprocessing={**prep, "tta": True})
+    meta = {
+        p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "tta.onnx")).metadata_props
+    }
+    assert meta == {"input_size": [3, 32, 32], **prep, "tta": "mirror"}
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,12 @@ def test_fast_path_agrees_and_keeps_the_model_intact():
     assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
     logits, attentions = fast.run("forward_attention", x[:2])  # explicit path, in bf16
     assert attentions[0].dtype == torch.bfloat16 and logits.shape == (2, 10)
+    # In eval mode, wrapper and model: evaluating through it restores eval, not training.
+    from keymodels.runs import evaluate
+
+    assert not fast.training and not model.training
+    evaluate(fast, [(x, torch.zeros(64, dtype=torch.long), 0)], 10)
+    assert not fast.training and not model.training
 
 
 def test_a_fast_path_that_disagrees_falls_back_to_fp32(caplog):

@@ -554,3 +554,24 @@ def test_the_demo_prints_a_serve_command_for_its_runs(runs, monkeypatch, capsys)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     assert main([*command[1:], "--precision", "fp32"]) == 0
     assert "serving vit-digits, attention at http://127.0.0.1:7860" in capsys.readouterr().out
+
+
+def test_a_tta_run_predicts_with_mirrors_and_maps_the_image_as_given(runs, tmp_path):
+    from keymodels.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(runs["vit"] / "best.safetensors")
+    ckpt.meta["recipe"] = {"tta": True, "augment": {"hflip": True}}  # as `train --tta` records
+    save_checkpoint(tmp_path / "vit-tta" / "best.safetensors", ckpt)
+    client = TestClient(create_app([tmp_path / "vit-tta"], precision="fp32"))
+    assert client.get("/api/runs/vit-tta").json()["tta"] is True
+    answer = client.post("/api/runs/vit-tta/predict", files=upload(digit()), data={"top_k": "3"})
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    model, _, x = library_input(runs)
+    with torch.no_grad():
+        probs = ((model(x) + model(x.flip(-1))) / 2).softmax(-1)[0]
+        assert (probs - model(x).softmax(-1)[0]).abs().max() > 1e-3  # the two readings differ
+    top = probs.topk(3)
+    assert [t["index"] for t in answer["top"]] == top.indices.tolist()
+    np.testing.assert_allclose([t["prob"] for t in answer["top"]], top.values.tolist(), atol=1e-6)
+    np.testing.assert_allclose(answer["rollout"], explain(model, x, "rollout").maps[0], atol=1e-5)

@@ -19,9 +19,10 @@ import keymodels.train as train_module
 from keymodels.checkpoint import CheckpointMismatchError, load_checkpoint
 from keymodels.data import get_recipe, load_dataset, preprocess_images
 from keymodels.errors import InvalidInputError
+from keymodels.metrics import read_metrics
 from keymodels.registry import create_model
 from keymodels.run import TrainingError, lr_factor
-from keymodels.runs import evaluate, load_vit, predict
+from keymodels.runs import evaluate, load_run, load_vit, predict
 from keymodels.train import NonFiniteLossError, param_groups, train
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -99,30 +100,59 @@ def test_tta_needs_a_recipe_that_trains_on_mirrored_images() -> None:
         get_recipe("digits", tta=True)  # a mirrored 3 is not a 3
 
 
-def test_tta_run_selects_reports_and_predicts_with_mirrors(tmp_path: Path) -> None:
-    recipe = tiny_recipe(epochs=1, batch_size=32, tta=True, augment={"hflip": True})
-    result = train(recipe, tmp_path, progress=False, precision="fp32")
+def test_tta_run_reports_evaluates_predicts_and_converts_with_mirrors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keymodels.cli import main
+    from keymodels.convert import convert
+    from keymodels.hub import load_for_inference
+
+    out = tmp_path / "run"
+    # The digits recipe's CCT (mirroring digits is wrong, but tells the two readings apart well).
+    recipe = get_recipe("digits", epochs=3, tta=True, augment={"hflip": True, "mixup": 0.0})
+    result = train(recipe, out, progress=False, precision="fp32")
     assert result.results["tta"] is True
-    model, info = load_vit(tmp_path)
+    model, info = load_run(out)
     assert info["recipe"]["tta"] is True
     test = load_dataset("digits").test
     x = (test.images.float() / 255 - info["mean"][0]) / info["std"][0]  # the eval transform
-    batches = [(x, test.labels, 0)]
-    assert evaluate(model, batches, 10, tta=True)["acc"] == pytest.approx(
-        result.results["test_acc"]
-    )
+    mirrored = evaluate(model, [(x, test.labels, 0)], 10, tta=True)
+    plain = evaluate(model, [(x, test.labels, 0)], 10)
+    assert mirrored["loss"] == pytest.approx(result.results["test_loss"], rel=1e-5)
+    assert abs(mirrored["loss"] - plain["loss"]) > 0.01, (mirrored["loss"], plain["loss"])
+    # The validation accuracy of each epoch is the mirrored one: the best epoch's is recorded.
+    epochs = {r["epoch"]: r["val_acc"] for r in read_metrics(out / "metrics.csv")}
+    assert epochs[result.results["best_epoch"]] == pytest.approx(result.results["val_acc"])
+    # eval follows the recipe; --no-tta reads the same checkpoint without mirrors.
+    assert main(["eval", str(out), "--json", "--precision", "fp32"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tta"] is True and res["loss"] == pytest.approx(mirrored["loss"], rel=1e-5)
+    assert main(["eval", str(out), "--no-tta", "--json", "--precision", "fp32"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tta"] is False and res["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
     # predict follows the run's recipe: the probabilities of the mirror-averaged logits.
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(test.images[i, 0].numpy(), "L").save(paths[-1])
-    rows = predict((model, info), paths, top_k=1, precision="fp32", compile="off")
     with torch.no_grad():
-        probs = ((model(x[:3]) + model(x[:3].flip(-1))) / 2).softmax(-1)
-        plain = model(x[:3]).softmax(-1)
-    assert (probs.max(-1).values - plain.max(-1).values).abs().max() > 1e-3  # a real difference
-    for row, p in zip(rows, probs):
-        assert row["top"][0]["prob"] == pytest.approx(p.max().item(), abs=1e-5)
+        probs = ((model(x[:3]) + model(x[:3].flip(-1))) / 2).softmax(-1).max(-1).values
+        single = model(x[:3]).softmax(-1).max(-1).values
+    assert (probs - single).abs().max() > 1e-3  # a real difference to tell them apart
+
+    def top(run: object, **kw: object) -> torch.Tensor:
+        rows = predict(run, paths, top_k=1, precision="fp32", compile="off", **kw)
+        return torch.tensor([r["top"][0]["prob"] for r in rows])
+
+    torch.testing.assert_close(top((model, info)), probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(top((model, info), tta=False), single, atol=1e-5, rtol=0)
+    # A keymodels folder converted from the run keeps it (its config.json's preprocessing).
+    report = convert(out, tmp_path / "folder", "keymodels", "keymodels")
+    assert report.preprocessing["tta"] is True
+    folder = load_for_inference(tmp_path / "folder")
+    assert folder[1]["recipe"] == {"tta": True}
+    torch.testing.assert_close(top(folder), probs, atol=1e-5, rtol=0)
 
 
 def test_tiny_run_learns_and_writes_everything(tmp_path: Path) -> None:

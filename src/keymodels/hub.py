@@ -258,7 +258,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module, dict[str, An
         "std": list(std),
         "img_size": list(to_2tuple(c.img_size)),
         "in_chans": c.in_chans,
-        "recipe": {},
+        "recipe": {"tta": True} if found.preprocessing.get("tta") else {},  # as the run did
         "epoch": None,
         "val_acc": None,
         "test_acc": None,

@@ -42,7 +42,7 @@ def export_onnx(
 
     The batch axis of input ``images`` and output ``logits`` is named ``batch``. The model's
     ``metadata_props`` record, as JSON strings, ``input_size`` [C, H, W] and, where given,
-    ``class_names``, ``mean`` and ``std`` (see docs/conversion.md for onnxruntime use). Models
+    ``class_names``, ``mean``, ``std`` and ``tta`` (see docs/conversion.md for onnxruntime use). Models
     over ~2 GB (ViT-H) keep their weights beside the graph in ``<path>.data``.
 
     Args:
@@ -51,7 +51,9 @@ def export_onnx(
         opset: ONNX opset version (None: the exporter's default).
         force: overwrite an existing ``path``; otherwise that is an error.
         class_names: one name per output class, in order.
-        preprocessing: ``{"mean": [...], "std": [...]}`` the inputs are normalized with.
+        preprocessing: ``{"mean": [...], "std": [...]}`` the inputs are normalized with; with
+            ``"tta": True`` (a run trained with ``recipe.tta``) the metadata's ``tta`` is
+            ``"mirror"``: average the logits of each image and its mirror, as the run did.
     """
     path = Path(path)
     if path.suffix != ".onnx":
@@ -84,6 +86,8 @@ def export_onnx(
         for key in ("mean", "std"):
             if (preprocessing or {}).get(key) is not None:
                 metadata[key] = list(preprocessing[key])
+        if (preprocessing or {}).get("tta"):  # the graph is one pass: the caller averages
+            metadata["tta"] = "mirror"
         _add_metadata(tmp / path.name, metadata)
         # The graph names its weights file, so the data goes into place first, the graph last.
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == path.name):

@@ -215,19 +215,21 @@ def predict(
     precision: str = "auto",
     compile: str = "auto",
     on_error: str = "fail",
+    tta: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file.
 
     Args:
         run: an image classifier's run folder or checkpoint (a ViT, a ResNet), or the
             ``(model, info)`` of :func:`load_run` (a server loads once and predicts many times).
-        images: image files of any size and mode, preprocessed as in evaluation; a run whose
-            recipe has ``tta`` averages each image with its mirror, as its evaluation did.
+        images: image files of any size and mode, preprocessed as in evaluation.
         top_k: how many classes per image (fewer if the model has fewer).
         precision, compile: the inference fast path (see :func:`keymodels.runtime.optimize`).
         on_error: an image file that cannot be read (missing, corrupt, not an image): "fail"
             (the default) raises the error naming it; "skip" logs it as a warning and leaves it
             out of the result.
+        tta: average each image's logits with its mirror's (:class:`MirrorTTA`); None (the
+            default): as the run's recipe evaluated (``recipe.tta``).
 
     Returns:
         One ``{"image": path, "top": [{"class": name, "prob": p}, ...]}`` per image read.
@@ -241,8 +243,8 @@ def predict(
         raise InvalidInputError(f"on_error must be 'fail' or 'skip'; got {on_error!r}")
     model, info = run if isinstance(run, tuple) else load_run(run)
     images, x = _read_images(images, info, on_error)
-    model = with_tta(model, bool(info.get("recipe", {}).get("tta")))  # as the run evaluated
-    fast = optimize(model, precision, compile, x, expected_items=len(x))
+    tta = run_tta(info) if tta is None else tta
+    fast = optimize(with_tta(model, tta), precision, compile, x, expected_items=len(x))
     with torch.inference_mode():
         probs = fast(x).softmax(-1)
     check_finite_outputs(probs, info["checkpoint"])
@@ -303,7 +305,9 @@ class MirrorTTA(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.train(model.training)  # evaluate() restores the mode it finds
+        # The wrapper reports the model's mode (evaluate() restores the mode it finds); not
+        # train(), which would also set every submodule, a frozen BatchNorm among them.
+        self.training = model.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.model(x).float() + self.model(x.flip(-1)).float()) / 2
@@ -312,6 +316,12 @@ class MirrorTTA(nn.Module):
 def with_tta(model: nn.Module, tta: bool) -> nn.Module:
     """``model``, averaged over mirrored images when ``tta`` (a recipe's ``tta``)."""
     return MirrorTTA(model) if tta else model
+
+
+def run_tta(info: dict[str, Any]) -> bool:
+    """Whether the loaded run (``load_run``'s or ``load_for_inference``'s ``info``) evaluated
+    each image with its mirror (``recipe.tta``)."""
+    return bool((info.get("recipe") or {}).get("tta"))
 
 
 @torch.no_grad()

@@ -526,7 +526,7 @@ def optimize(
         timed = example[:timing_batch]
         key = choice_key(model, timed, device)
         choice = choose_inference_precision(precision, lambda: model(timed), key, device, cache)
-    fast = FastModel(model, choice.precision)
+    fast = FastModel(model, choice.precision).eval()  # a new Module is in training mode
     fast.choice, fast.check = choice, None
     if compile == "auto":
         per_batch = choice.timings.get(choice.precision)

@@ -593,7 +593,9 @@ def _train(
         check_compatible(model, weights, str(run.last_path), MISMATCH_HINT)
         if "recipe" in ckpt.meta:  # runs saved before recipes were stored cannot be compared
             check_same_settings(
-                "recipe", _flat_recipe(ckpt.meta["recipe"]), _flat_recipe(recipe.to_dict()),
+                # A run saved before `tta` existed evaluated without mirrors.
+                "recipe", _flat_recipe({"tta": False, **ckpt.meta["recipe"]}),
+                _flat_recipe(recipe.to_dict()),
                 RESUME_MAY_CHANGE, run.last_path,
             )  # fmt: skip
         if teacher is not None:

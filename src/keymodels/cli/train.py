@@ -28,9 +28,11 @@ from ..data import (
 )
 from ..errors import InvalidInputError
 from ..hub import load_for_inference
-from ..runs import evaluate, predict
+from ..runs import evaluate, predict, run_tta, with_tta
 from ..runtime import optimize
 from . import add_compile_argument, add_precision_argument, positive_int
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3  # predict and explain: classes listed per image
 MAX_DEFAULT_THREADS = 4  # see default_threads
@@ -191,9 +193,10 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_skip)
     example = next(iter(loader))[0]
-    fast = optimize(model, args.precision, args.compile, example, expected_items=len(data))
-    tta = recipe.get("tta", False) if args.tta is None else args.tta
-    res = evaluate(fast, loader, len(info["class_names"]), tta=tta)
+    tta = check_tta(args.tta, info)
+    # Wrapped before optimize, so that its timing (and the compile decision) sees both passes.
+    fast = optimize(with_tta(model, tta), args.precision, args.compile, example, len(data))
+    res = evaluate(fast, loader, len(info["class_names"]))
     if not math.isfinite(res["loss"]):
         raise InvalidInputError(
             f"the model in {info['checkpoint']} gives NaN or infinite outputs: its weights are "
@@ -223,14 +226,29 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_tta(asked: bool | None, info: dict[str, Any]) -> bool:
+    """``--tta/--no-tta`` or, not given, the run's recipe; a warning where the run never saw a
+    mirrored image (a mirrored digit is another digit)."""
+    tta = run_tta(info) if asked is None else asked
+    augment = (info.get("recipe") or {}).get("augment")
+    if tta and augment is not None and not augment.get("hflip"):
+        log.warning(
+            "--tta: %s was trained without mirrored images (augment.hflip off); averaging with "
+            "mirrors suits classes that mirroring keeps (clothes, photos), not digits or text",
+            info["checkpoint"],
+        )
+    return tta
+
+
 def run_predict(args: argparse.Namespace) -> int:
     _setup(args)
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1; got {args.top_k}")
     loaded = load_for_inference(args.run)
     rows = predict(
-        loaded, args.images, args.top_k, args.precision, args.compile, on_error=args.on_error
-    )
+        loaded, args.images, args.top_k, args.precision, args.compile, on_error=args.on_error,
+        tta=check_tta(args.tta, loaded[1]),
+    )  # fmt: skip
     if args.json:
         print(json.dumps({"predictions": rows}))
         return 0
@@ -375,6 +393,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="an image file that cannot be read: fail naming it (default), or skip it: named on "
         "stderr and left out of the output",
     )
+    p.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="average each image with its mirror (default: as the run's recipe evaluated)",
+    )  # fmt: skip
     add_precision_argument(p, "inference")
     add_compile_argument(p)
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)

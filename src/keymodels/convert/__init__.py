@@ -177,6 +177,12 @@ def load(
         report.config, report.class_names = vit.config.to_dict(), info["class_names"]
         report.preprocessing = {"mean": info["mean"], "std": info["std"]}
         report.notes.append(f"weights of {info['checkpoint']} (epoch {info.get('epoch')})")
+        if (info.get("recipe") or {}).get("tta"):
+            report.preprocessing["tta"] = True
+            report.notes.append(
+                "the run averaged each image with its mirror (tta): keymodels folders and ONNX "
+                "metadata record it (preprocessing tta), other formats have no place for it"
+            )
         if img_size is not None and to_2tuple(img_size) != to_2tuple(vit.config.img_size):
             vit.set_input_size(img_size)
             report.config = vit.config.to_dict()

@@ -29,7 +29,7 @@ from ..data import decode_image, preprocess_images
 from ..errors import InvalidInputError, KeymodelsError
 from ..explain import attend, check_index, grad_rollout, head_maps, rollout, token_grid
 from ..metrics import read_metrics
-from ..runs import LoadedRun, check_finite_outputs, load
+from ..runs import LoadedRun, check_finite_outputs, load, run_tta
 from ..runtime import check_precision, optimize
 from ..seq2seq.data import pad_batch
 from ..seq2seq.train import choose_decode_precision, load_task
@@ -206,6 +206,7 @@ class ImageRun:
         )
         self.fast = optimize(self.model, precision, "off", example)
         self.precision = self.fast.precision
+        self.tta = run_tta(self.info)  # predictions as the run evaluated: image and mirror
         if self.has_attention:
             self.grid = token_grid(self.model, example)
             self.layers = len(self.model.blocks)
@@ -238,6 +239,7 @@ class ImageRun:
             "epoch": info.get("epoch"),
             "recipe": info["recipe"].get("name") if isinstance(info["recipe"], dict) else None,
             "precision": self.precision,
+            "tta": self.tta,
             "curves": read_curves(self.folder),
             "samples": sorted(self.samples),
         }
@@ -374,9 +376,11 @@ class ImageRun:
     def _forward(self, x: Tensor, jobs: list[_ImageJob]) -> list[dict[str, Any]]:
         if not self.has_attention:
             with torch.inference_mode():
-                logits = self.fast(x)
+                logits = self._mirrored(self.fast(x), x)
             return [self._predictions(logits[i], job.top_k) for i, job in enumerate(jobs)]
         logits, attentions, query = attend(self.model, x, self.precision)
+        if any(job.method == "predict" for job in jobs):  # the maps stay the image's own
+            logits = self._mirrored(logits, x)
         prefix, pool = self.model.num_prefix_tokens, self.model.global_pool
         answers = []
         for i, job in enumerate(jobs):
@@ -418,6 +422,13 @@ class ImageRun:
                 }
             )
         return answers
+
+    def _mirrored(self, logits: Tensor, x: Tensor) -> Tensor:
+        """With the run's ``tta``, the mean of the image's and its mirror's logits (MirrorTTA)."""
+        if not self.tta:
+            return logits
+        with torch.inference_mode():
+            return (logits.float() + self.fast(x.flip(-1))) / 2
 
     def _predictions(self, logits: Tensor, top_k: int) -> dict[str, Any]:
         probs = logits.float().softmax(-1)
