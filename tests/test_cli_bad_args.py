@@ -40,6 +40,7 @@ CASES = [
     ("distillation for a model without a distillation token", ["train", "--recipe", "digits", "--teacher", "{vit_run}", "--out", "{tmp}/subset_run"], "distillation needs a model with a distillation token; 'cct_2_3x1_8' has none"),
     ("a teacher of another input size", ["train", "--recipe", "digits", "--model", "deit_fmnist_distilled_patch4_28", "--teacher", "{vit_run}", "--out", "{tmp}/subset_run"], "takes 1×8×8 images but the student 1×28×28"),
     ("a teacher folder without a trained run", ["train", "--recipe", "digits", "--model", "deit_fmnist_distilled_patch4_28", "--teacher", "{tmp}/empty", "--out", "{tmp}/subset_run"], "empty"),
+    ("test-time mirroring for a recipe that never mirrors", ["train", "--recipe", "digits", "--tta", "--out", "{tmp}/subset_run"], "does not train on mirrored images"),
     ("non-numeric learning rate", ["train", "--recipe", "digits", "--lr", "fast", "--out", "{tmp}/r"], "argument --lr: invalid float value: 'fast'"),
     ("--resume with nothing to resume", ["train", "--recipe", "digits", "--resume", "--out", "{tmp}/none"], "nothing to resume"),
     ("--resume with another model's run", ["train", "--recipe", "digits", "--model", "vit_nano_patch2_8", "--resume", "--out", "{vit_run}"], "holds weights of another model"),
@@ -211,7 +212,8 @@ def test_data_errors_write_nothing(inputs):
     for what in ("--train-subset above the training images",
                  "a validation share that leaves a class without training images",
                  "distillation for a model without a distillation token",
-                 "a teacher of another input size", "a teacher folder without a trained run"):  # fmt: skip
+                 "a teacher of another input size", "a teacher folder without a trained run",
+                 "test-time mirroring for a recipe that never mirrors"):  # fmt: skip
         argv = next(c[1] for c in CASES if c[0] == what)
         assert run_case(argv, inputs)[0] == 2
     assert not (Path(inputs["tmp"]) / "subset_run").exists()
