@@ -310,7 +310,13 @@ class MirrorTTA(nn.Module):
         self.training = model.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x).float() + self.model(x.flip(-1)).float()) / 2
+        return mirror_mean(self.model(x), self.model(x.flip(-1)))
+
+
+def mirror_mean(logits: torch.Tensor, mirror_logits: torch.Tensor) -> torch.Tensor:
+    """The test-time average of :class:`MirrorTTA`, for callers that have the image's logits
+    already (the explorer gets them with its attention maps)."""
+    return (logits.float() + mirror_logits.float()) / 2
 
 
 def with_tta(model: nn.Module, tta: bool) -> nn.Module:

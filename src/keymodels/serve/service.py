@@ -29,7 +29,7 @@ from ..data import decode_image, preprocess_images
 from ..errors import InvalidInputError, KeymodelsError
 from ..explain import attend, check_index, grad_rollout, head_maps, rollout, token_grid
 from ..metrics import read_metrics
-from ..runs import LoadedRun, check_finite_outputs, load, run_tta
+from ..runs import LoadedRun, check_finite_outputs, load, mirror_mean, run_tta
 from ..runtime import check_precision, optimize
 from ..seq2seq.data import pad_batch
 from ..seq2seq.train import choose_decode_precision, load_task
@@ -428,7 +428,7 @@ class ImageRun:
         if not self.tta:
             return logits
         with torch.inference_mode():
-            return (logits.float() + self.fast(x.flip(-1))) / 2
+            return mirror_mean(logits, self.fast(x.flip(-1)))
 
     def _predictions(self, logits: Tensor, top_k: int) -> dict[str, Any]:
         probs = logits.float().softmax(-1)
